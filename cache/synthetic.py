@@ -1,0 +1,79 @@
+"""`write_cache`: write a complete cache in one call, from arrays already in memory.
+
+Used for synthetic caches (tests, benchmarks) and anything that has embeddings without running
+stage one. It goes through the same `CacheWriter` as `embed`, so the result is byte-compatible.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .layout import DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_ROWS, sha256_lines
+from .writer import CacheWriter
+
+
+def _unit_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1)
+    return x / np.maximum(norms, 1e-12)[:, None], norms
+
+
+def write_cache(
+    path: str | Path,
+    *,
+    splits: dict[str, dict],
+    concepts: list[str],
+    classes: list[str],
+    concept_emb: np.ndarray,
+    class_emb: np.ndarray,
+    templates: tuple[str, ...] | list[str] = ("a photo of a {}.",),
+    logit_scale: float = 100.0,
+    concept_classes: list[list[str]] | None = None,
+    metadata: dict | None = None,
+    format: str | None = None,  # noqa: A002 - mirrors the CLI option name
+    overwrite: bool = False,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+) -> Path:
+    """Write a complete cache. Each split: image_emb (N,E), labels (N,), optional ids, ok."""
+    path = Path(path)
+    if format is not None and format not in ("zarr", "hdf5"):
+        raise ValueError(f"format must be 'zarr' or 'hdf5', got {format!r}")
+    if format == "hdf5" and path.suffix.lower() not in (".h5", ".hdf5"):
+        path = path.with_suffix(".h5")
+    concept_emb, _ = _unit_rows(concept_emb)
+    class_emb, _ = _unit_rows(class_emb)
+    e = concept_emb.shape[1]
+    identity = {
+        "source": "write_cache",
+        "concepts_sha256": sha256_lines(list(concepts)),
+        "classes_sha256": sha256_lines(list(classes)),
+        "metadata": metadata or {},
+        "splits": {s: int(len(d["labels"])) for s, d in splits.items()},
+    }
+    meta = {
+        **(metadata or {}),
+        "embed_dim": e,
+        "logit_scale": float(logit_scale),
+        "concepts_sha256": identity["concepts_sha256"],
+        "classes_sha256": identity["classes_sha256"],
+    }
+    writer = CacheWriter(path, identity=identity, metadata=meta, embed_dim=e,
+                         split_sizes=identity["splits"], chunk_rows=chunk_rows, shard_rows=shard_rows)
+    writer.prepare(overwrite=overwrite)
+    for name, d in splits.items():
+        n = len(d["labels"])
+        ok = np.asarray(d.get("ok", np.ones(n, bool)), dtype=bool)
+        emb, norms = _unit_rows(d["image_emb"])
+        emb[~ok] = 0.0
+        ids = d.get("ids", [str(i) for i in range(n)])
+        for shard in writer.pending_shards(name):
+            r = writer.plans[name].rows(shard)
+            sl = slice(r.start, r.stop)
+            writer.write_shard(name, shard, image_emb=emb[sl], norms=norms[sl],
+                               labels=np.asarray(d["labels"])[sl], ids=list(ids)[sl], ok=ok[sl])
+    writer.write_text(concept_emb=concept_emb, class_emb=class_emb, concepts=concepts,
+                      classes=classes, templates=list(templates), concept_classes=concept_classes)
+    return writer.finalize()

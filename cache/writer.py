@@ -1,0 +1,279 @@
+"""Resumable, shard-at-a-time cache writer (SPEC §5).
+
+Every format is first written as a Zarr v3 directory store: the final path for `zarr`, a staging
+directory `<out>.partial.zarr` for `hdf5`. Whole shards are the unit of work; after a shard's
+arrays are written a marker `.progress/<split>/<shard>.json` (with its checksum) is renamed into
+place, so a killed run re-run with the same command redoes only unmarked shards. `finalize` checks
+every marker, moves checksums and failures into attributes, flips `complete`, removes the markers
+and, for HDF5, exports to `<out>.tmp` and renames it over `<out>` — a reader never sees a
+half-written file as complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .backend import Backend, encode_h5_attr, format_of
+from .errors import CacheError, CacheExistsError
+from .layout import (
+    CLASS_SEP,
+    DEFAULT_CHUNK_ROWS,
+    DEFAULT_SHARD_ROWS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    TEXT_GROUP,
+    ShardPlan,
+    sha256_json,
+    shard_checksum,
+)
+
+PROGRESS_DIR = ".progress"
+
+
+def _atomic_write_json(path: Path, obj: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _existing_identity(path: Path) -> dict | None:
+    """Root attributes of a cache (or staging store) at `path`; None if it is not one of ours."""
+    try:
+        attrs = Backend(path).attrs()
+    except CacheError:
+        return None
+    return attrs if attrs.get("format") == FORMAT_NAME else None
+
+
+def remove_cache(path: Path) -> None:
+    """Delete a cache, but only something recognisably ours (or an empty directory)."""
+    if not path.exists():
+        return
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        return
+    if _existing_identity(path) is None:
+        raise CacheExistsError(
+            f"{path} exists and is not an embedding cache; refusing to delete it even with "
+            "--overwrite. Choose another --out."
+        )
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+class CacheWriter:
+    """Create-or-resume writer for one cache. Rank 0 calls `prepare`, other ranks `attach`."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        identity: dict,
+        metadata: dict,
+        split_sizes: dict[str, int],
+        embed_dim: int,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        shard_rows: int = DEFAULT_SHARD_ROWS,
+    ):
+        if shard_rows % min(chunk_rows, shard_rows):
+            raise ValueError(f"shard_rows={shard_rows} must be a multiple of chunk_rows={chunk_rows}")
+        self.path = Path(path)
+        self.format = format_of(self.path)
+        self.store_path = (
+            self.path if self.format == "zarr" else self.path.with_name(self.path.name + ".partial.zarr")
+        )
+        self.identity = identity
+        self.fingerprint = sha256_json(identity)
+        self.metadata = metadata
+        self.plans = {s: ShardPlan(n, shard_rows) for s, n in split_sizes.items()}
+        self.embed_dim = embed_dim
+        self.chunk_rows = min(chunk_rows, shard_rows)
+        self.shard_rows = shard_rows
+        self._group = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def prepare(self, overwrite: bool = False) -> str:
+        """Returns 'complete' (nothing to do), 'resume' or 'new'. Run on one process only."""
+        final = _existing_identity(self.path) if self.path.exists() else None
+        if final is not None and final.get("fingerprint") == self.fingerprint and final.get("complete"):
+            if not overwrite:
+                return "complete"
+        if self.path.exists() and not (self.format == "zarr" and self._same(final)):
+            self._refuse_or_remove(self.path, final, overwrite)
+        if self.format == "hdf5" and self.store_path.exists():
+            staged = _existing_identity(self.store_path)
+            if not self._same(staged):
+                self._refuse_or_remove(self.store_path, staged, overwrite, staging=True)
+        if overwrite and self.store_path.exists():
+            remove_cache(self.store_path)
+        if self.store_path.exists():
+            self.attach()
+            return "resume"
+        self._create()
+        return "new"
+
+    def attach(self) -> None:
+        import zarr
+
+        group = zarr.open_group(str(self.store_path), mode="r+")
+        if group.attrs.get("fingerprint") != self.fingerprint:
+            raise CacheExistsError(f"{self.store_path} belongs to a different run (fingerprint differs)")
+        self._group = group
+
+    def _same(self, attrs: dict | None) -> bool:
+        return attrs is not None and attrs.get("fingerprint") == self.fingerprint
+
+    def _refuse_or_remove(self, path: Path, attrs: dict | None, overwrite: bool, staging=False):
+        if overwrite:
+            remove_cache(path)
+            return
+        what = "an unfinished run's staging store" if staging else "a different cache"
+        diff = ""
+        if attrs is not None:
+            old = attrs.get("identity", {})
+            keys = sorted(k for k in set(old) | set(self.identity) if old.get(k) != self.identity.get(k))
+            diff = f" (differs in: {', '.join(keys)})" if keys else ""
+        elif path.exists():
+            what = "something that is not an embedding cache"
+        raise CacheExistsError(
+            f"{path} already holds {what}{diff}. Pass --overwrite to replace it, or choose another --out."
+        )
+
+    def _create(self) -> None:
+        import zarr
+
+        self.store_path.parent.mkdir(parents=True, exist_ok=True)
+        group = zarr.open_group(str(self.store_path), mode="w-")
+        attrs = {
+            **self.metadata,
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "fingerprint": self.fingerprint,
+            "identity": self.identity,
+            "created": self.metadata.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "splits": sorted(self.plans),
+            "complete": False,
+        }
+        group.attrs.update(attrs)
+        for split, plan in self.plans.items():
+            self._create_split(group, split, plan)
+        self._group = group
+
+    def _create_split(self, group, split: str, plan: ShardPlan) -> None:
+        g = group.create_group(split)
+        n, e = plan.n_rows, self.embed_dim
+        rows = max(1, min(self.chunk_rows, n)) if n else self.chunk_rows
+        shard = self.shard_rows if n > rows else rows
+        # fp16 embeddings stored uncompressed (SPEC §5): they do not compress and decode fastest.
+        g.create_array("image_emb", shape=(n, e), chunks=(rows, e), shards=(shard, e),
+                       dtype="float16", compressors=None, fill_value=0)
+        # 1-D arrays get one chunk per shard so a shard write touches exactly one file.
+        for name, dtype, fill in (("norms", "float32", 0.0), ("labels", "int64", -1),
+                                  ("ok", "bool", False), ("ids", str, "")):
+            g.create_array(name, shape=(n,), chunks=(max(1, min(self.shard_rows, n)),),
+                           dtype=dtype, fill_value=fill)
+        g.attrs.update({"n": n, "chunk_rows": rows, "shard_rows": self.shard_rows,
+                        "num_shards": plan.num_shards, "complete": False})
+
+    # -- work --------------------------------------------------------------------------------
+    def _marker(self, split: str, shard: int) -> Path:
+        return self.store_path / PROGRESS_DIR / split / f"{shard:06d}.json"
+
+    def pending_shards(self, split: str, rank: int = 0, world: int = 1) -> list[int]:
+        plan = self.plans[split]
+        return [s for s in plan.owned_by(rank, world) if not self._marker(split, s).exists()]
+
+    def write_shard(self, split: str, shard: int, *, image_emb, norms, labels, ids, ok,
+                    failures: list[dict] | None = None) -> None:
+        """Write one whole shard (all rows it spans), then its completion marker."""
+        rows = self.plans[split].rows(shard)
+        sl = slice(rows.start, rows.stop)
+        arrays = {
+            "image_emb": np.asarray(image_emb, dtype=np.float16),
+            "norms": np.asarray(norms, dtype=np.float32),
+            "labels": np.asarray(labels, dtype=np.int64),
+            "ok": np.asarray(ok, dtype=bool),
+            "ids": np.asarray([str(i) for i in ids], dtype=str),
+        }
+        for name, arr in arrays.items():
+            if arr.shape[0] != len(rows):
+                raise ValueError(f"{split}/{name}: shard {shard} needs {len(rows)} rows, got {arr.shape[0]}")
+            self._group[f"{split}/{name}"][sl] = arr
+        checksum = shard_checksum(arrays["image_emb"], arrays["norms"], arrays["labels"],
+                                  arrays["ids"], arrays["ok"])
+        _atomic_write_json(self._marker(split, shard),
+                           {"checksum": checksum, "failures": failures or []})
+
+    def write_text(self, *, concept_emb, class_emb, concepts, classes, templates,
+                   concept_classes=None) -> None:
+        g = self._group.require_group(TEXT_GROUP)
+        cc = concept_classes or [[] for _ in concepts]
+        for name, value in (("concept_emb", np.asarray(concept_emb, np.float32)),
+                            ("class_emb", np.asarray(class_emb, np.float32))):
+            if name in g:
+                del g[name]
+            g.create_array(name, data=value, chunks=value.shape or (1,))
+        for name, items in (("concepts", list(concepts)), ("classes", list(classes)),
+                            ("templates", list(templates)),
+                            ("concept_classes", [CLASS_SEP.join(c) for c in cc])):
+            if name in g:
+                del g[name]
+            arr = g.create_array(name, shape=(len(items),), chunks=(max(1, len(items)),),
+                                 dtype=str, fill_value="")
+            if items:
+                arr[:] = np.asarray(items, dtype=str)
+        _atomic_write_json(self.store_path / PROGRESS_DIR / "text.json", {"done": True})
+
+    def text_done(self) -> bool:
+        return (self.store_path / PROGRESS_DIR / "text.json").exists()
+
+    # -- finish ------------------------------------------------------------------------------
+    def finalize(self, extra_metadata: dict | None = None) -> Path:
+        """Check every marker, record checksums/failures, flip `complete`; export HDF5."""
+        missing = [f"{s}/{k}" for s in self.plans for k in self.pending_shards(s)]
+        if missing or not self.text_done():
+            raise CacheError(f"cannot finalize {self.path}: unfinished shards {missing[:10]}"
+                             + ("" if self.text_done() else " and text embeddings"))
+        for split, plan in self.plans.items():
+            marks = [json.loads(self._marker(split, s).read_text()) for s in range(plan.num_shards)]
+            self._group[split].attrs.update({
+                "shard_sha256": [m["checksum"] for m in marks],
+                "failures": [f for m in marks for f in m["failures"]],
+                "complete": True,
+            })
+        self._group.attrs.update({**(extra_metadata or {}), "complete": True})
+        shutil.rmtree(self.store_path / PROGRESS_DIR)
+        if self.format == "hdf5":
+            export_hdf5(self.store_path, self.path)
+            shutil.rmtree(self.store_path)
+        return self.path
+
+
+def export_hdf5(store: Path, out: Path) -> None:
+    """Copy a finished Zarr store into one HDF5 file with the same tree, atomically."""
+    import h5py
+
+    src = Backend(store)
+    tmp = out.with_name(out.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        for k, v in src.attrs().items():
+            f.attrs[k] = encode_h5_attr(v)
+        for group in [*src.attrs()["splits"], TEXT_GROUP]:
+            g = f.create_group(group)
+            for k, v in src.attrs(group).items():
+                g.attrs[k] = encode_h5_attr(v)
+            for name in src._root[group].array_keys():
+                data = src.read(f"{group}/{name}")
+                if data.dtype.kind == "U":
+                    g.create_dataset(name, data=data.astype(object), dtype=h5py.string_dtype())
+                else:
+                    chunks = (min(DEFAULT_CHUNK_ROWS, len(data)), *data.shape[1:]) if len(data) else None
+                    g.create_dataset(name, data=data, chunks=chunks)
+    src.close()
+    os.replace(tmp, out)
