@@ -3,8 +3,8 @@
 from .errors import CacheCorruptError, CacheError, CacheExistsError, IncompleteCacheError
 from .layout import ShardPlan, sha256_json, sha256_lines
 from .reader import Cache, SplitData, open_cache
-from .verify import cache_info, verify_cache
 from .synthetic import write_cache
+from .verify import cache_info, verify_cache
 from .writer import CacheWriter
 
 __all__ = [

@@ -19,7 +19,7 @@ from .layout import CLASS_SEP, FORMAT_NAME, TEXT_GROUP
 
 @dataclass(frozen=True)
 class SplitData:
-    """One split, whole arrays in memory. image_emb: (N, E) float32 unit rows (zeros where not ok)."""
+    """One split, whole arrays in memory. image_emb: (N, E) float32 unit rows (0 where not ok)."""
 
     name: str
     image_emb: np.ndarray
@@ -42,16 +42,20 @@ class Cache:
     def __init__(self, path: Path, allow_incomplete: bool = False):
         self.path = Path(path)
         if not self.path.exists():
-            raise CacheError(f"no cache at {self.path}: run `python cli.py embed --out {self.path}` first")
+            raise CacheError(
+                f"no cache at {self.path}: run `python cli.py embed --out {self.path}` first"
+            )
         self._b = Backend(self.path)
         self.format = self._b.format
         self.metadata = self._b.attrs()
         if self.metadata.get("format") != FORMAT_NAME:
-            raise CacheError(f"{self.path} is not an embedding cache (no '{FORMAT_NAME}' format tag)")
+            raise CacheError(
+                f"{self.path} is not an embedding cache (no '{FORMAT_NAME}' format tag)"
+            )
         if not self.metadata.get("complete") and not allow_incomplete:
             raise IncompleteCacheError(
-                f"{self.path} is incomplete (a run was interrupted or is still writing). Re-run the "
-                "same `cli.py embed` command to resume it, or pass allow_incomplete=True to inspect it."
+                f"{self.path} is incomplete (a run was interrupted or is still writing). Re-run "
+                "the same `cli.py embed` command to resume it (allow_incomplete=True to inspect)."
             )
 
     def __enter__(self) -> Cache:

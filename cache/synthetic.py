@@ -60,8 +60,15 @@ def write_cache(
         "concepts_sha256": identity["concepts_sha256"],
         "classes_sha256": identity["classes_sha256"],
     }
-    writer = CacheWriter(path, identity=identity, metadata=meta, embed_dim=e,
-                         split_sizes=identity["splits"], chunk_rows=chunk_rows, shard_rows=shard_rows)
+    writer = CacheWriter(
+        path,
+        identity=identity,
+        metadata=meta,
+        embed_dim=e,
+        split_sizes=identity["splits"],
+        chunk_rows=chunk_rows,
+        shard_rows=shard_rows,
+    )
     writer.prepare(overwrite=overwrite)
     for name, d in splits.items():
         n = len(d["labels"])
@@ -72,8 +79,21 @@ def write_cache(
         for shard in writer.pending_shards(name):
             r = writer.plans[name].rows(shard)
             sl = slice(r.start, r.stop)
-            writer.write_shard(name, shard, image_emb=emb[sl], norms=norms[sl],
-                               labels=np.asarray(d["labels"])[sl], ids=list(ids)[sl], ok=ok[sl])
-    writer.write_text(concept_emb=concept_emb, class_emb=class_emb, concepts=concepts,
-                      classes=classes, templates=list(templates), concept_classes=concept_classes)
+            writer.write_shard(
+                name,
+                shard,
+                image_emb=emb[sl],
+                norms=norms[sl],
+                labels=np.asarray(d["labels"])[sl],
+                ids=list(ids)[sl],
+                ok=ok[sl],
+            )
+    writer.write_text(
+        concept_emb=concept_emb,
+        class_emb=class_emb,
+        concepts=concepts,
+        classes=classes,
+        templates=list(templates),
+        concept_classes=concept_classes,
+    )
     return writer.finalize()

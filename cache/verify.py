@@ -25,7 +25,9 @@ def _check_rows(name: str, emb: np.ndarray, ok: np.ndarray) -> list[str]:
     norms = np.linalg.norm(emb, axis=1)
     bad = np.flatnonzero(ok & (np.abs(norms - 1) > NORM_TOL))
     if bad.size:
-        problems.append(f"{name}/image_emb: {bad.size} ok rows are not unit norm (first row {bad[0]})")
+        problems.append(
+            f"{name}/image_emb: {bad.size} ok rows are not unit norm (first row {bad[0]})"
+        )
     if np.any(norms[~ok] != 0):
         problems.append(f"{name}/image_emb: rows of unreadable images are not zero")
     return problems
@@ -36,11 +38,15 @@ def _check_split(cache: Cache, name: str) -> list[str]:
     b = cache._b
     arrays = {k: b.read(f"{name}/{k}") for k in ("image_emb", "norms", "labels", "ids", "ok")}
     n = attrs["n"]
-    problems = [f"{name}/{k} has {len(v)} rows, expected {n}" for k, v in arrays.items() if len(v) != n]
+    problems = [
+        f"{name}/{k} has {len(v)} rows, expected {n}" for k, v in arrays.items() if len(v) != n
+    ]
     if problems:
         return problems
     if arrays["image_emb"].shape[1:] != (cache.embed_dim,):
-        problems.append(f"{name}/image_emb shape {arrays['image_emb'].shape}, expected E={cache.embed_dim}")
+        problems.append(
+            f"{name}/image_emb shape {arrays['image_emb'].shape}, expected E={cache.embed_dim}"
+        )
     problems += _check_rows(name, arrays["image_emb"].astype(np.float32), arrays["ok"].astype(bool))
     lab = arrays["labels"][arrays["ok"].astype(bool)]
     if lab.size and (lab.min() < 0 or lab.max() >= len(cache.classes)):
@@ -51,8 +57,9 @@ def _check_split(cache: Cache, name: str) -> list[str]:
         problems.append(f"{name}: {len(sums)} shard checksums recorded, expected {plan.num_shards}")
     for s in range(min(len(sums), plan.num_shards)):
         r = plan.rows(s)
-        got = shard_checksum(*(arrays[k][r.start:r.stop] for k in ("image_emb", "norms", "labels",
-                                                                    "ids", "ok")))
+        got = shard_checksum(
+            *(arrays[k][r.start : r.stop] for k in ("image_emb", "norms", "labels", "ids", "ok"))
+        )
         if got != sums[s]:
             problems.append(f"{name}: shard {s} (rows {r.start}..{r.stop - 1}) checksum mismatch")
     return problems
@@ -69,11 +76,17 @@ def verify_cache(path: str | Path) -> list[str]:
                 problems.append(f"split '{name}' is incomplete")
                 continue
             problems += _check_split(cache, name)
-        for kind, emb, names in (("concept", cache.concept_emb(), cache.concepts),
-                                 ("class", cache.class_emb(), cache.classes)):
+        for kind, emb, names in (
+            ("concept", cache.concept_emb(), cache.concepts),
+            ("class", cache.class_emb(), cache.classes),
+        ):
             if emb.shape != (len(names), cache.embed_dim):
-                problems.append(f"text/{kind}_emb shape {emb.shape} != ({len(names)}, {cache.embed_dim})")
-            elif not np.isfinite(emb).all() or np.any(np.abs(np.linalg.norm(emb, axis=1) - 1) > 1e-4):
+                problems.append(
+                    f"text/{kind}_emb shape {emb.shape} != ({len(names)}, {cache.embed_dim})"
+                )
+            elif not np.isfinite(emb).all() or np.any(
+                np.abs(np.linalg.norm(emb, axis=1) - 1) > 1e-4
+            ):
                 problems.append(f"text/{kind}_emb has non-finite or non-unit rows")
     return problems
 
@@ -85,12 +98,21 @@ def cache_info(path: str | Path) -> dict:
         splits = {}
         for name in cache.splits:
             a = cache.split_attrs(name)
-            splits[name] = {"rows": a["n"], "shards": a["num_shards"], "complete": a["complete"],
-                            "unreadable": len(a.get("failures", []))}
+            splits[name] = {
+                "rows": a["n"],
+                "shards": a["num_shards"],
+                "complete": a["complete"],
+                "unreadable": len(a.get("failures", [])),
+            }
         info = {k: v for k, v in cache.metadata.items() if k not in ("identity",)}
-        info.update({
-            "path": str(cache.path), "storage": cache.format, "n_concepts": len(cache.concepts),
-            "n_classes": len(cache.classes), "split_rows": splits,
-            "bytes_on_disk": _disk_bytes(cache.path),
-        })
+        info.update(
+            {
+                "path": str(cache.path),
+                "storage": cache.format,
+                "n_concepts": len(cache.concepts),
+                "n_classes": len(cache.classes),
+                "split_rows": splits,
+                "bytes_on_disk": _disk_bytes(cache.path),
+            }
+        )
     return info

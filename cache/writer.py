@@ -82,11 +82,15 @@ class CacheWriter:
         shard_rows: int = DEFAULT_SHARD_ROWS,
     ):
         if shard_rows % min(chunk_rows, shard_rows):
-            raise ValueError(f"shard_rows={shard_rows} must be a multiple of chunk_rows={chunk_rows}")
+            raise ValueError(
+                f"shard_rows={shard_rows} must be a multiple of chunk_rows={chunk_rows}"
+            )
         self.path = Path(path)
         self.format = format_of(self.path)
         self.store_path = (
-            self.path if self.format == "zarr" else self.path.with_name(self.path.name + ".partial.zarr")
+            self.path
+            if self.format == "zarr"
+            else self.path.with_name(self.path.name + ".partial.zarr")
         )
         self.identity = identity
         self.fingerprint = sha256_json(identity)
@@ -101,9 +105,8 @@ class CacheWriter:
     def prepare(self, overwrite: bool = False) -> str:
         """Returns 'complete' (nothing to do), 'resume' or 'new'. Run on one process only."""
         final = _existing_identity(self.path) if self.path.exists() else None
-        if final is not None and final.get("fingerprint") == self.fingerprint and final.get("complete"):
-            if not overwrite:
-                return "complete"
+        if self._same(final) and final.get("complete") and not overwrite:
+            return "complete"
         if self.path.exists() and not (self.format == "zarr" and self._same(final)):
             self._refuse_or_remove(self.path, final, overwrite)
         if self.format == "hdf5" and self.store_path.exists():
@@ -123,7 +126,9 @@ class CacheWriter:
 
         group = zarr.open_group(str(self.store_path), mode="r+")
         if group.attrs.get("fingerprint") != self.fingerprint:
-            raise CacheExistsError(f"{self.store_path} belongs to a different run (fingerprint differs)")
+            raise CacheExistsError(
+                f"{self.store_path} belongs to a different run (fingerprint differs)"
+            )
         self._group = group
 
     def _same(self, attrs: dict | None) -> bool:
@@ -137,12 +142,15 @@ class CacheWriter:
         diff = ""
         if attrs is not None:
             old = attrs.get("identity", {})
-            keys = sorted(k for k in set(old) | set(self.identity) if old.get(k) != self.identity.get(k))
+            keys = sorted(
+                k for k in set(old) | set(self.identity) if old.get(k) != self.identity.get(k)
+            )
             diff = f" (differs in: {', '.join(keys)})" if keys else ""
         elif path.exists():
             what = "something that is not an embedding cache"
         raise CacheExistsError(
-            f"{path} already holds {what}{diff}. Pass --overwrite to replace it, or choose another --out."
+            f"{path} already holds {what}{diff}. Pass --overwrite to replace it, or choose "
+            "another --out."
         )
 
     def _create(self) -> None:
@@ -171,15 +179,38 @@ class CacheWriter:
         rows = max(1, min(self.chunk_rows, n)) if n else self.chunk_rows
         shard = self.shard_rows if n > rows else rows
         # fp16 embeddings stored uncompressed (SPEC §5): they do not compress and decode fastest.
-        g.create_array("image_emb", shape=(n, e), chunks=(rows, e), shards=(shard, e),
-                       dtype="float16", compressors=None, fill_value=0)
+        g.create_array(
+            "image_emb",
+            shape=(n, e),
+            chunks=(rows, e),
+            shards=(shard, e),
+            dtype="float16",
+            compressors=None,
+            fill_value=0,
+        )
         # 1-D arrays get one chunk per shard so a shard write touches exactly one file.
-        for name, dtype, fill in (("norms", "float32", 0.0), ("labels", "int64", -1),
-                                  ("ok", "bool", False), ("ids", str, "")):
-            g.create_array(name, shape=(n,), chunks=(max(1, min(self.shard_rows, n)),),
-                           dtype=dtype, fill_value=fill)
-        g.attrs.update({"n": n, "chunk_rows": rows, "shard_rows": self.shard_rows,
-                        "num_shards": plan.num_shards, "complete": False})
+        for name, dtype, fill in (
+            ("norms", "float32", 0.0),
+            ("labels", "int64", -1),
+            ("ok", "bool", False),
+            ("ids", str, ""),
+        ):
+            g.create_array(
+                name,
+                shape=(n,),
+                chunks=(max(1, min(self.shard_rows, n)),),
+                dtype=dtype,
+                fill_value=fill,
+            )
+        g.attrs.update(
+            {
+                "n": n,
+                "chunk_rows": rows,
+                "shard_rows": self.shard_rows,
+                "num_shards": plan.num_shards,
+                "complete": False,
+            }
+        )
 
     # -- work --------------------------------------------------------------------------------
     def _marker(self, split: str, shard: int) -> Path:
@@ -189,8 +220,18 @@ class CacheWriter:
         plan = self.plans[split]
         return [s for s in plan.owned_by(rank, world) if not self._marker(split, s).exists()]
 
-    def write_shard(self, split: str, shard: int, *, image_emb, norms, labels, ids, ok,
-                    failures: list[dict] | None = None) -> None:
+    def write_shard(
+        self,
+        split: str,
+        shard: int,
+        *,
+        image_emb,
+        norms,
+        labels,
+        ids,
+        ok,
+        failures: list[dict] | None = None,
+    ) -> None:
         """Write one whole shard (all rows it spans), then its completion marker."""
         rows = self.plans[split].rows(shard)
         sl = slice(rows.start, rows.stop)
@@ -203,29 +244,40 @@ class CacheWriter:
         }
         for name, arr in arrays.items():
             if arr.shape[0] != len(rows):
-                raise ValueError(f"{split}/{name}: shard {shard} needs {len(rows)} rows, got {arr.shape[0]}")
+                raise ValueError(
+                    f"{split}/{name}: shard {shard} needs {len(rows)} rows, got {arr.shape[0]}"
+                )
             self._group[f"{split}/{name}"][sl] = arr
-        checksum = shard_checksum(arrays["image_emb"], arrays["norms"], arrays["labels"],
-                                  arrays["ids"], arrays["ok"])
-        _atomic_write_json(self._marker(split, shard),
-                           {"checksum": checksum, "failures": failures or []})
+        checksum = shard_checksum(
+            arrays["image_emb"], arrays["norms"], arrays["labels"], arrays["ids"], arrays["ok"]
+        )
+        _atomic_write_json(
+            self._marker(split, shard), {"checksum": checksum, "failures": failures or []}
+        )
 
-    def write_text(self, *, concept_emb, class_emb, concepts, classes, templates,
-                   concept_classes=None) -> None:
+    def write_text(
+        self, *, concept_emb, class_emb, concepts, classes, templates, concept_classes=None
+    ) -> None:
         g = self._group.require_group(TEXT_GROUP)
         cc = concept_classes or [[] for _ in concepts]
-        for name, value in (("concept_emb", np.asarray(concept_emb, np.float32)),
-                            ("class_emb", np.asarray(class_emb, np.float32))):
+        for name, value in (
+            ("concept_emb", np.asarray(concept_emb, np.float32)),
+            ("class_emb", np.asarray(class_emb, np.float32)),
+        ):
             if name in g:
                 del g[name]
             g.create_array(name, data=value, chunks=value.shape or (1,))
-        for name, items in (("concepts", list(concepts)), ("classes", list(classes)),
-                            ("templates", list(templates)),
-                            ("concept_classes", [CLASS_SEP.join(c) for c in cc])):
+        for name, items in (
+            ("concepts", list(concepts)),
+            ("classes", list(classes)),
+            ("templates", list(templates)),
+            ("concept_classes", [CLASS_SEP.join(c) for c in cc]),
+        ):
             if name in g:
                 del g[name]
-            arr = g.create_array(name, shape=(len(items),), chunks=(max(1, len(items)),),
-                                 dtype=str, fill_value="")
+            arr = g.create_array(
+                name, shape=(len(items),), chunks=(max(1, len(items)),), dtype=str, fill_value=""
+            )
             if items:
                 arr[:] = np.asarray(items, dtype=str)
         _atomic_write_json(self.store_path / PROGRESS_DIR / "text.json", {"done": True})
@@ -238,15 +290,19 @@ class CacheWriter:
         """Check every marker, record checksums/failures, flip `complete`; export HDF5."""
         missing = [f"{s}/{k}" for s in self.plans for k in self.pending_shards(s)]
         if missing or not self.text_done():
-            raise CacheError(f"cannot finalize {self.path}: unfinished shards {missing[:10]}"
-                             + ("" if self.text_done() else " and text embeddings"))
+            raise CacheError(
+                f"cannot finalize {self.path}: unfinished shards {missing[:10]}"
+                + ("" if self.text_done() else " and text embeddings")
+            )
         for split, plan in self.plans.items():
             marks = [json.loads(self._marker(split, s).read_text()) for s in range(plan.num_shards)]
-            self._group[split].attrs.update({
-                "shard_sha256": [m["checksum"] for m in marks],
-                "failures": [f for m in marks for f in m["failures"]],
-                "complete": True,
-            })
+            self._group[split].attrs.update(
+                {
+                    "shard_sha256": [m["checksum"] for m in marks],
+                    "failures": [f for m in marks for f in m["failures"]],
+                    "complete": True,
+                }
+            )
         self._group.attrs.update({**(extra_metadata or {}), "complete": True})
         shutil.rmtree(self.store_path / PROGRESS_DIR)
         if self.format == "hdf5":
@@ -273,7 +329,9 @@ def export_hdf5(store: Path, out: Path) -> None:
                 if data.dtype.kind == "U":
                     g.create_dataset(name, data=data.astype(object), dtype=h5py.string_dtype())
                 else:
-                    chunks = (min(DEFAULT_CHUNK_ROWS, len(data)), *data.shape[1:]) if len(data) else None
+                    chunks = (
+                        (min(DEFAULT_CHUNK_ROWS, len(data)), *data.shape[1:]) if len(data) else None
+                    )
                     g.create_dataset(name, data=data, chunks=chunks)
     src.close()
     os.replace(tmp, out)

@@ -27,7 +27,9 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EncoderError("--device cuda was given but torch sees no CUDA device; use --device cpu")
+        raise EncoderError(
+            "--device cuda was given but torch sees no CUDA device; use --device cpu"
+        )
     return torch.device(device)
 
 
@@ -66,15 +68,22 @@ class ClipEncoder:
     dtype: torch.dtype
 
     @classmethod
-    def load(cls, model_id: str, device: str = "auto", dtype: str = "auto",
-             revision: str | None = None, compile: bool = False) -> ClipEncoder:  # noqa: A002
+    def load(
+        cls,
+        model_id: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        revision: str | None = None,
+        compile: bool = False,
+    ) -> ClipEncoder:  # noqa: A002
         from transformers import AutoTokenizer, CLIPModel
 
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         try:
-            model = CLIPModel.from_pretrained(model_id, revision=revision, dtype=dt,
-                                              attn_implementation="sdpa")
+            model = CLIPModel.from_pretrained(
+                model_id, revision=revision, dtype=dt, attn_implementation="sdpa"
+            )
             tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision)
         except (OSError, ValueError) as e:
             raise EncoderError(
@@ -111,8 +120,13 @@ class ClipEncoder:
         out = []
         max_len = int(self.model.config.text_config.max_position_embeddings)
         for i in range(0, len(texts), batch_size):
-            tok = self.tokenizer(texts[i : i + batch_size], padding=True, truncation=True,
-                                 max_length=max_len, return_tensors="pt").to(self.device)
+            tok = self.tokenizer(
+                texts[i : i + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=max_len,
+                return_tensors="pt",
+            ).to(self.device)
             feats = projected(self.model.get_text_features(**tok))
             out.append(unit_rows(feats)[0].cpu())
         if not out:

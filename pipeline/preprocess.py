@@ -35,7 +35,14 @@ class PreprocessSpec:
 
     def __post_init__(self) -> None:
         if self.resize <= 0 or self.crop <= 0:
-            raise ValueError(f"resize and crop must be positive pixels, got {self.resize}, {self.crop}")
+            raise ValueError(
+                f"resize and crop must be positive pixels, got {self.resize}, {self.crop}"
+            )
+        if self.crop > self.resize:
+            raise ValueError(
+                f"crop ({self.crop}px) larger than resize ({self.resize}px) is not "
+                "supported: CLIP processors crop inside the resized image"
+            )
         if self.interpolation not in _PIL_RESAMPLE:
             raise ValueError(f"interpolation {self.interpolation!r} not in {sorted(_PIL_RESAMPLE)}")
 
@@ -54,9 +61,15 @@ class PreprocessSpec:
             crop=int(crop["height"]),
             mean=tuple(float(x) for x in proc.image_mean),
             std=tuple(float(x) for x in proc.image_std),
-            interpolation=_RESAMPLE[int(proc.resample)],
+            interpolation=_interpolation_name(proc.resample),
             jpeg_draft=jpeg_draft,
         )
+
+
+def _interpolation_name(resample) -> str:
+    """PIL int code (PIL backend) or an enum with a string value (torchvision backend)."""
+    value = getattr(resample, "value", resample)
+    return _RESAMPLE[int(value)] if isinstance(value, int) else str(value).lower()
 
 
 def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -67,7 +80,7 @@ def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
 
 
 def crop_uint8(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    """Decode-side half of preprocessing: RGB, resize, centre crop. Returns (crop, crop, 3) uint8."""
+    """Decode-side half: RGB, resize, centre crop -> (crop, crop, 3) uint8."""
     if spec.jpeg_draft and img.format == "JPEG":
         # Draft keeps at least 2x the target so the bicubic step still low-passes the image.
         w, h = resized_size(*img.size, spec.resize)
@@ -76,15 +89,7 @@ def crop_uint8(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     w, h = resized_size(*img.size, spec.resize)
     img = img.resize((w, h), resample=_PIL_RESAMPLE[spec.interpolation])
     top, left = (h - spec.crop) // 2, (w - spec.crop) // 2
-    if top >= 0 and left >= 0:
-        return np.array(img.crop((left, top, left + spec.crop, top + spec.crop)), dtype=np.uint8)
-    # Smaller than the crop (crop > resize): zero-pad centred, as the reference processor does.
-    out = np.zeros((spec.crop, spec.crop, 3), np.uint8)
-    arr = np.asarray(img, dtype=np.uint8)
-    ct, cl = max(top, -((spec.crop - h + 1) // 2)), max(left, -((spec.crop - w + 1) // 2))
-    src = arr[max(0, top) : max(0, top) + min(h, spec.crop), max(0, left) : max(0, left) + min(w, spec.crop)]
-    out[max(0, -ct) : max(0, -ct) + src.shape[0], max(0, -cl) : max(0, -cl) + src.shape[1]] = src
-    return out
+    return np.array(img.crop((left, top, left + spec.crop, top + spec.crop)), dtype=np.uint8)
 
 
 def normalize_batch(

@@ -1,0 +1,375 @@
+"""Stage one: frozen CLIP over a dataset into a resumable, sharded embedding cache (SPEC §1, §5).
+
+Decode + resize + crop run in DataLoader worker processes (Pillow, uint8 out); normalisation and
+the forward pass run batched on the device; whole shards go to `cache.CacheWriter`. zarr stays in
+the main process (its event-loop thread must not be forked into workers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from cache import CacheWriter, sha256_lines
+from cache.backend import format_of
+
+from .concepts.io import read_concept_file
+from .datasets import DATASETS, UnreadableImageError, build_dataset
+from .distributed import DistContext
+from .encoder import DTYPES, ClipEncoder, resolve_device, resolve_dtype
+from .preprocess import PreprocessSpec, crop_uint8, normalize_batch
+from .prompts import load_templates
+
+log = logging.getLogger(__name__)
+DEFAULT_MODEL = "openai/clip-vit-large-patch14"
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    dataset: str  # a key of pipeline.datasets.DATASETS
+    root: Path  # dataset root (for "csv": the manifest file)
+    out: Path  # cache path: a directory (zarr) or a .h5 file (hdf5)
+    concepts: Path  # concept list (.txt one per line, or the CSV of `cli.py concepts`)
+    model: str = DEFAULT_MODEL  # Hugging Face id or local directory
+    revision: str | None = None  # hub branch/tag/commit
+    splits: tuple[str, ...] = ("train", "test")
+    format: str | None = None  # "zarr" | "hdf5"; None: from the suffix of `out`
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (fp16 on GPU, fp32 on CPU) | fp32 | fp16 | bf16
+    batch_size: int = 256  # images per forward pass
+    workers: int = -1  # decode processes; -1: all cores but one (at most 32)
+    compile: bool = False  # torch.compile the vision tower
+    templates: str = "default"  # default | bare | imagenet80 | path to a file
+    shard_rows: int = 65536  # rows per shard (unit of work and resume)
+    chunk_rows: int = 4096  # rows per chunk (unit a reader decodes)
+    jpeg_draft: bool = False  # JPEG DCT-domain downscaling for big images (faster, not exact)
+    download: bool = False  # fetch the dataset where supported (CIFAR)
+    classes_file: Path | None = None  # class names, one per line (csv manifests)
+    overwrite: bool = False  # replace an existing different cache at `out`
+    seed: int = 0  # recorded; stage one itself is deterministic
+    progress: bool = True
+    extra: dict = field(default_factory=dict, compare=False)  # free-form notes kept in metadata
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset {self.dataset!r} unknown; choose one of {sorted(DATASETS)}")
+        if self.format not in (None, "zarr", "hdf5"):
+            raise ValueError(f"format must be zarr or hdf5, got {self.format!r}")
+        if self.format and self.format != format_of(Path(self.out)):
+            hint = (
+                "a path ending in .h5" if self.format == "hdf5" else "a directory path (e.g. .zarr)"
+            )
+            raise ValueError(f"--format {self.format} needs --out {hint}; got {self.out}")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {self.dtype!r}")
+        for name in ("batch_size", "shard_rows", "chunk_rows"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.shard_rows % min(self.chunk_rows, self.shard_rows):
+            raise ValueError(
+                f"shard_rows ({self.shard_rows}) must be a multiple of chunk_rows "
+                f"({self.chunk_rows})"
+            )
+        if not self.splits or len(set(self.splits)) != len(self.splits):
+            raise ValueError(f"splits must be distinct and non-empty, got {self.splits}")
+
+
+@dataclass
+class EmbedResult:
+    path: Path
+    status: str  # "complete" (nothing to do) | "new" | "resume"
+    rows: dict[str, int]
+    unreadable: dict[str, int]
+    seconds: float
+    images_per_s: float
+
+
+class _Decoded(Dataset):
+    """Worker side: image i -> (i, uint8 crop, ok, reason). Never raises on a bad image."""
+
+    def __init__(self, ds, spec: PreprocessSpec):
+        self.ds, self.spec = ds, spec
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, crop_uint8(self.ds.load(i), self.spec), True, ""
+        except UnreadableImageError as e:
+            reason = e.reason
+        except Exception as e:  # a decoder bug must not kill a multi-hour run; record it
+            reason = f"{type(e).__name__}: {e}"
+        return i, np.zeros((self.spec.crop, self.spec.crop, 3), np.uint8), False, reason
+
+
+def _collate(items):
+    idx, imgs, ok, reasons = zip(*items, strict=True)
+    return (torch.tensor(idx), torch.from_numpy(np.stack(imgs)), torch.tensor(ok), list(reasons))
+
+
+def _workers(requested: int) -> int:
+    return max(0, min(32, (os.cpu_count() or 1) - 1)) if requested < 0 else requested
+
+
+def _library_versions() -> dict:
+    import h5py
+    import PIL
+    import transformers
+    import zarr
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "zarr": zarr.__version__,
+        "h5py": h5py.__version__,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+    }
+
+
+def _model_info(cfg: EmbedConfig) -> tuple[dict, PreprocessSpec]:
+    """Config-only look at the model (no weights): identity fields and preprocessing."""
+    import transformers
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    from .encoder import EncoderError
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the "torchvision missing, using PIL" notice
+    try:
+        config = CLIPConfig.from_pretrained(cfg.model, revision=cfg.revision)
+        proc = CLIPImageProcessor.from_pretrained(cfg.model, revision=cfg.revision)
+    except (OSError, ValueError) as e:
+        raise EncoderError(
+            f"could not read CLIP config / image processor of {cfg.model!r}: {e}. Give a "
+            "Hugging Face CLIP model id (network needed the first time) or a local "
+            "save_pretrained directory."
+        ) from e
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    info = {
+        "id": cfg.model,
+        "revision": cfg.revision,
+        "commit": getattr(config, "_commit_hash", None),
+        "embed_dim": int(config.projection_dim),
+    }
+    return info, PreprocessSpec.from_image_processor(proc, jpeg_draft=cfg.jpeg_draft)
+
+
+def _build_datasets(cfg: EmbedConfig, dist: DistContext) -> dict:
+    def build(download: bool) -> dict:
+        return {
+            s: build_dataset(
+                cfg.dataset, Path(cfg.root), s, download=download, classes_file=cfg.classes_file
+            )
+            for s in cfg.splits
+        }
+
+    # Only rank 0 may download; the others wait and read what it fetched.
+    datasets = build(cfg.download) if dist.is_main else None
+    dist.barrier()
+    datasets = datasets or build(False)
+    first = datasets[cfg.splits[0]].classes
+    for s, d in datasets.items():
+        if d.classes != first:
+            raise ValueError(f"split {s!r} has different classes than {cfg.splits[0]!r}")
+    return datasets
+
+
+def _describe(cfg, datasets, concepts, templates, model, spec, dtype) -> tuple[dict, dict]:
+    """(identity: what makes two caches the same, metadata: everything recorded)."""
+    classes = datasets[cfg.splits[0]].classes
+    identity = {
+        "model": model,
+        "preprocess": spec.to_dict(),
+        "compute_dtype": next(k for k, v in DTYPES.items() if v == dtype),
+        "dataset": {s: d.fingerprint() for s, d in datasets.items()},
+        "concepts_sha256": concepts.sha256,
+        "classes_sha256": sha256_lines(classes),
+        "templates": templates,
+    }
+    metadata = {
+        "model": model,
+        "embed_dim": model["embed_dim"],
+        "preprocess": spec.to_dict(),
+        "compute_dtype": identity["compute_dtype"],
+        "versions": _library_versions(),
+        "dataset": {
+            "name": cfg.dataset,
+            "root": str(cfg.root),
+            "splits": {s: d.describe() for s, d in datasets.items()},
+        },
+        "concepts_sha256": concepts.sha256,
+        "classes_sha256": identity["classes_sha256"],
+        "concepts_file": str(cfg.concepts),
+        "templates": templates,
+        "seed": cfg.seed,
+        **({"notes": cfg.extra} if cfg.extra else {}),
+    }
+    return identity, metadata
+
+
+def _write_shard(writer, split, shard, ds, parts) -> None:
+    idx = torch.cat([p[0] for p in parts]).numpy()
+    ok = torch.cat([p[3] for p in parts]).numpy()
+    reasons = [r for p in parts for r in p[4]]
+    rows = writer.plans[split].rows(shard)
+    if not np.array_equal(idx, np.arange(rows.start, rows.stop)):
+        raise RuntimeError(f"internal: shard {shard} received rows out of order")
+    ids = [ds.ids[i] for i in idx]
+    failures = [
+        {"index": int(i), "id": ids[k], "reason": reasons[k]}
+        for k, i in enumerate(idx)
+        if not ok[k]
+    ]
+    for f in failures:
+        log.warning("%s/%s unreadable: %s", split, f["id"], f["reason"])
+    writer.write_shard(
+        split,
+        shard,
+        image_emb=torch.cat([p[1] for p in parts]).numpy(),
+        norms=torch.cat([p[2] for p in parts]).numpy(),
+        labels=ds.labels[idx],
+        ids=ids,
+        ok=ok,
+        failures=failures,
+    )
+
+
+def _embed_split(writer, split, ds, enc, spec, cfg, dist, bar) -> int:
+    """Embed this rank's unfinished shards of one split; returns rows embedded."""
+    plan = writer.plans[split]
+    shards = writer.pending_shards(split, dist.rank, dist.world)
+    # Batches never straddle shards, so a shard is written as soon as its last batch is back.
+    batches = [
+        list(plan.rows(s))[i : i + cfg.batch_size]
+        for s in shards
+        for i in range(0, len(plan.rows(s)), cfg.batch_size)
+    ]
+    if not batches:
+        return 0
+    workers = _workers(cfg.workers)
+    loader = DataLoader(
+        _Decoded(ds, spec),
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=enc.device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+        multiprocessing_context=("fork" if platform.system() == "Linux" else "spawn")
+        if workers
+        else None,
+    )
+    todo, parts, have, done = iter(shards), [], 0, 0
+    shard = next(todo)
+    for idx, imgs, ok, reasons in loader:
+        pixels = normalize_batch(imgs.to(enc.device, non_blocking=True), spec, enc.dtype)
+        emb, norms = enc.encode_images(pixels)
+        keep = ok.to(emb.device)
+        emb, norms = emb * keep[:, None], norms * keep  # unreadable rows are stored as zeros
+        parts.append((idx, emb.half().cpu(), norms.cpu(), ok, reasons))
+        have += len(idx)
+        bar.update(len(idx))
+        if have == len(plan.rows(shard)):
+            _write_shard(writer, split, shard, ds, parts)
+            done += have
+            parts, have, shard = [], 0, next(todo, None)
+    return done
+
+
+def run(cfg: EmbedConfig) -> EmbedResult:
+    """Embed every split of `cfg.dataset` into `cfg.out`; resumes an interrupted run."""
+    dist = DistContext.from_env()
+    device = dist.device_for(resolve_device(cfg.device))
+    dist.init(device)
+    try:
+        return _run(cfg, dist, device)
+    finally:
+        dist.close()
+
+
+def _run(cfg: EmbedConfig, dist: DistContext, device: torch.device) -> EmbedResult:
+    t0 = time.perf_counter()
+    datasets = _build_datasets(cfg, dist)
+    concepts = read_concept_file(cfg.concepts)
+    templates = load_templates(cfg.templates)
+    model, spec = _model_info(cfg)
+    dtype = resolve_dtype(cfg.dtype, device)
+    identity, metadata = _describe(cfg, datasets, concepts, templates, model, spec, dtype)
+    writer = CacheWriter(
+        Path(cfg.out),
+        identity=identity,
+        metadata=metadata,
+        split_sizes={s: len(d) for s, d in datasets.items()},
+        embed_dim=model["embed_dim"],
+        chunk_rows=cfg.chunk_rows,
+        shard_rows=cfg.shard_rows,
+    )
+    status = dist.broadcast(writer.prepare(cfg.overwrite) if dist.is_main else None)
+    rows = {s: len(d) for s, d in datasets.items()}
+    if status == "complete":
+        log.info("%s is already complete with the same inputs: nothing to do", cfg.out)
+        return EmbedResult(Path(cfg.out), status, rows, {}, time.perf_counter() - t0, 0.0)
+    if not dist.is_main:
+        writer.attach()
+    log.info(
+        "%s cache at %s (device %s, %s, rank %d/%d)",
+        "resuming" if status == "resume" else "writing",
+        cfg.out,
+        device,
+        str(dtype).split(".")[-1],
+        dist.rank,
+        dist.world,
+    )
+    dtype_name = next(k for k, v in DTYPES.items() if v == dtype)
+    enc = ClipEncoder.load(
+        cfg.model, device=str(device), dtype=dtype_name, revision=cfg.revision, compile=cfg.compile
+    )
+    if dist.is_main and not writer.text_done():
+        classes = datasets[cfg.splits[0]].classes
+        writer.write_text(
+            concept_emb=enc.encode_text(concepts.concepts).numpy(),
+            class_emb=enc.encode_class_names(classes, templates).numpy(),
+            concepts=concepts.concepts,
+            classes=classes,
+            templates=templates,
+            concept_classes=concepts.classes_of,
+        )
+    todo = sum(
+        len(writer.plans[s].rows(k))
+        for s in datasets
+        for k in writer.pending_shards(s, dist.rank, dist.world)
+    )
+    t1 = time.perf_counter()
+    with tqdm(
+        total=todo,
+        unit="img",
+        desc=f"embed rank {dist.rank}",
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+    ) as bar:
+        done = sum(
+            _embed_split(writer, s, d, enc, spec, cfg, dist, bar) for s, d in datasets.items()
+        )
+    rate = done / max(time.perf_counter() - t1, 1e-9)
+    log.info("rank %d embedded %d images at %.1f img/s", dist.rank, done, rate)
+    dist.barrier()
+    unreadable = {}
+    if dist.is_main:
+        writer.finalize({"logit_scale": enc.logit_scale})
+        from cache import open_cache
+
+        with open_cache(cfg.out) as c:
+            unreadable = {s: len(c.split_attrs(s).get("failures", [])) for s in c.splits}
+    return EmbedResult(Path(cfg.out), status, rows, unreadable, time.perf_counter() - t0, rate)
