@@ -1,0 +1,154 @@
+"""Stage-one throughput: (a) decode + preprocess with N workers on real JPEGs, (b) model forward
+for an architecture built from config (random weights cost the same FLOPs), (c) end to end
+through `pipeline.embed.run`. Prints a table and writes JSON.
+
+    python benchmarks/embed_throughput.py --arch vit-l-14 --device cuda --dtype fp16   # the target
+    python benchmarks/embed_throughput.py --arch tiny --device cpu                     # CPU smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.embed import EmbedConfig, _Decoded, _collate, run  # noqa: E402
+from pipeline.encoder import DTYPES, ClipEncoder  # noqa: E402
+from pipeline.preprocess import PreprocessSpec, normalize_batch  # noqa: E402
+
+ARCHS = {  # vision tower shapes; text tower kept small (it runs once per cache, not per image)
+    "vit-l-14": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                     num_attention_heads=16, image_size=224, patch_size=14, projection_dim=768),
+    "vit-b-16": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                     num_attention_heads=12, image_size=224, patch_size=16, projection_dim=512),
+    "tiny": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                 num_attention_heads=2, image_size=224, patch_size=16, projection_dim=64),
+}
+
+
+def build_model_dir(arch: str, out: Path) -> Path:
+    """A CLIP of the given vision shape, random init, saved like a hub checkpoint."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from conftest import build_tiny_clip  # the byte-level tokenizer writer
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+    build_tiny_clip(out)  # tokenizer + small model, then replace the model with `arch`
+    a = dict(ARCHS[arch])
+    proj = a.pop("projection_dim")
+    text = CLIPConfig.from_pretrained(out).text_config.to_dict()
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=a, projection_dim=proj))
+    model.save_pretrained(out)
+    CLIPImageProcessorPil().save_pretrained(out)  # 224 shortest side, 224 crop, bicubic
+    return out
+
+
+def image_folder(data: Path, n: int, tmp: Path) -> Path:
+    """imagefolder layout of n real JPEGs (ImageNet sample, cycled) via hard links."""
+    files = sorted((data / "imagenet_sample").glob("*.JPEG"))
+    if not files:
+        raise SystemExit(f"no JPEGs under {data}/imagenet_sample: pass --data")
+    root = tmp / "images"
+    (root / "test" / "all").mkdir(parents=True)
+    for i in range(n):
+        dst = root / "test" / "all" / f"{i:06d}.jpg"
+        try:
+            os.link(files[i % len(files)], dst)
+        except OSError:
+            shutil.copy(files[i % len(files)], dst)
+    return root
+
+
+def bench_decode(root: Path, workers: int, batch: int) -> float:
+    from torch.utils.data import DataLoader
+
+    from pipeline.datasets import build_dataset
+
+    ds = build_dataset("imagefolder", root, "test")
+    loader = DataLoader(_Decoded(ds, PreprocessSpec()), batch_size=batch, num_workers=workers,
+                        collate_fn=_collate, prefetch_factor=4 if workers else None)
+    t0, n = time.perf_counter(), 0
+    for idx, *_ in loader:
+        n += len(idx)
+    return n / (time.perf_counter() - t0)
+
+
+def bench_model(model_dir: Path, device: str, dtype: str, batch: int, iters: int) -> float:
+    enc = ClipEncoder.load(str(model_dir), device=device, dtype=dtype)
+    imgs = torch.randint(0, 255, (batch, 224, 224, 3), dtype=torch.uint8, device=enc.device)
+    spec = PreprocessSpec()
+    for _ in range(2):  # warm-up (cuDNN/SDPA kernel selection)
+        enc.encode_images(normalize_batch(imgs, spec, enc.dtype))
+    if enc.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        emb, _ = enc.encode_images(normalize_batch(imgs, spec, enc.dtype))
+    emb.cpu()
+    return batch * iters / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", choices=sorted(ARCHS), default="vit-l-14")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
+    p.add_argument("--images", type=int, default=2000, help="images for (a) and (c)")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--iters", type=int, default=10, help="forward batches for (b)")
+    p.add_argument("--workers", type=int, default=-1)
+    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results/embed_throughput.json")
+    args = p.parse_args()
+    workers = args.workers if args.workers >= 0 else max(1, (os.cpu_count() or 1) - 1)
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
+        "cpu" if args.device == "auto" else args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        root = image_folder(args.data, args.images, tmp)
+        model_dir = build_model_dir(args.arch, tmp / "model")
+        decode = bench_decode(root, workers, 64)
+        model = bench_model(model_dir, device, args.dtype, args.batch, args.iters)
+        concepts = tmp / "concepts.txt"
+        concepts.write_text("a dog\na cat\n")
+        out = tmp / "cache.zarr"
+        cfg = EmbedConfig(dataset="imagefolder", root=root, out=out, concepts=concepts,
+                          model=str(model_dir), splits=("test",), device=device,
+                          dtype=args.dtype, batch_size=args.batch, workers=workers,
+                          progress=False)
+        t0 = time.perf_counter()
+        res = run(cfg)
+        wall = time.perf_counter() - t0
+        size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    result = {
+        "arch": args.arch, "device": device, "device_name": torch.cuda.get_device_name()
+        if device.startswith("cuda") else platform.processor() or platform.machine(),
+        "dtype": args.dtype, "cpu_cores": os.cpu_count(), "workers": workers,
+        "batch": args.batch, "images": args.images,
+        "decode_preprocess_img_per_s": round(decode, 1),
+        "model_forward_img_per_s": round(model, 1),
+        "end_to_end_img_per_s": round(res.images_per_s, 1),
+        "end_to_end_wall_s_incl_model_load": round(wall, 2),
+        "cache_bytes_per_10k_images": int(size / args.images * 10_000),
+        "torch": torch.__version__,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    width = max(map(len, result))
+    for k, v in result.items():
+        print(f"{k:<{width}}  {v}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
