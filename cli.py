@@ -215,8 +215,380 @@ def cache_verify_cmd(path: Annotated[Path, typer.Argument(help="Cache directory 
 
 
 # --- concepts commands ---
+class ConceptSource(str, Enum):
+    conceptnet = "conceptnet"
+    llm = "llm"
+    file = "file"
+
+
+class ConceptQuery(str, Enum):
+    words = "words"
+    phrase = "phrase"
+    both = "both"
+
+
+class Similarity(str, Enum):
+    sentence = "sentence"
+    blend = "blend"
+
+
+@app.command()
+def concepts(
+    source: Annotated[ConceptSource, typer.Option(help="Where raw concepts come from.")],
+    out: Annotated[
+        Path,
+        typer.Option(help="Kept concepts CSV; .txt, .dropped.csv and .meta.json go beside it."),
+    ],
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="Built-in class list: cifar10 | cifar100 | cub200 | places365 | imagenet."
+        ),
+    ] = None,
+    classes: Annotated[
+        Path | None, typer.Option("--classes", help="Or: class names, one per line.")
+    ] = None,
+    input_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--input", help="--source file: .txt (one per line) or .csv (concept[,class])."
+        ),
+    ] = None,
+    llm: Annotated[
+        str | None, typer.Option(help="--source llm: causal LM hub id or local directory.")
+    ] = None,
+    llm_max_new_tokens: Annotated[int, typer.Option(help="Tokens per LLM answer.")] = 256,
+    llm_batch_size: Annotated[int, typer.Option(help="Prompts per generate() call.")] = 8,
+    conceptnet_dump: Annotated[
+        Path | None,
+        typer.Option(help="Local conceptnet-assertions-5.7.0.csv.gz instead of the REST API."),
+    ] = None,
+    conceptnet_cache: Annotated[
+        Path, typer.Option(help="Cache of API responses and of the dump index.")
+    ] = Path("~/.cache/clipcbm/conceptnet"),
+    conceptnet_query: Annotated[
+        ConceptQuery,
+        typer.Option(help="Terms per class: each word, the whole phrase, or both."),
+    ] = ConceptQuery.words,
+    offline: Annotated[
+        bool, typer.Option(help="ConceptNet API: cached responses only, fail on a miss.")
+    ] = False,
+    similarity: Annotated[
+        Similarity,
+        typer.Option(help="sentence = --sim-model cosine; blend = (sentence + 3*CLIP text)/4."),
+    ] = Similarity.sentence,
+    sim_model: Annotated[
+        str, typer.Option(help="sentence-transformers hub id or local directory.")
+    ] = "sentence-transformers/all-mpnet-base-v2",
+    clip_model: Annotated[
+        str, typer.Option(help="CLIP for --similarity blend.")
+    ] = "openai/clip-vit-large-patch14",
+    max_length: Annotated[int, typer.Option(help="Rule 1: drop concepts longer (chars).")] = 30,
+    class_sim: Annotated[
+        float, typer.Option(help="Rule 2: drop when cosine to any class >= this.")
+    ] = 0.85,
+    concept_sim: Annotated[
+        float, typer.Option(help="Rule 3: of pairs >= this keep the more general.")
+    ] = 0.9,
+    min_mean_sim: Annotated[
+        float | None, typer.Option(help="Rule 4 (off by default): drop mean cosine < this.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Texts per similarity-model batch.")] = 64,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+    progress: Progress = True,
+    verbose: Verbose = False,
+) -> None:
+    """Generate, filter (SPEC §4) and record the concept set a cache is built on."""
+    setup_logging(verbose)
+    from pipeline.concepts import ConceptsConfig, ConceptsError, run
+    from pipeline.concepts.conceptnet import ConceptNetError
+    from pipeline.concepts.llm import LLMError
+    from pipeline.concepts.similarity import SimilarityModelError
+    from pipeline.encoder import EncoderError
+
+    try:
+        cfg = ConceptsConfig(
+            source=source.value,
+            out=out,
+            dataset=dataset,
+            classes_file=classes,
+            input_path=input_path,
+            llm=llm,
+            llm_max_new_tokens=llm_max_new_tokens,
+            llm_batch_size=llm_batch_size,
+            conceptnet_dump=conceptnet_dump,
+            conceptnet_cache=conceptnet_cache,
+            conceptnet_query=conceptnet_query.value,
+            offline=offline,
+            similarity=similarity.value,
+            sim_model=sim_model,
+            clip_model=clip_model,
+            max_length=max_length,
+            class_sim=class_sim,
+            concept_sim=concept_sim,
+            min_mean_sim=min_mean_sim,
+            device=device,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            progress=progress,
+        )
+        result = run(cfg)
+    except (
+        ValueError,
+        FileExistsError,
+        ConceptsError,
+        ConceptNetError,
+        LLMError,
+        SimilarityModelError,
+        EncoderError,
+    ) as e:
+        fail(str(e))
+    dropped = ", ".join(f"{rule} {n}" for rule, n in result.counts.items())
+    typer.echo(
+        f"kept {result.n_kept} of {result.n_raw} candidates -> {result.paths['csv']} "
+        f"(sha256 {result.sha256[:12]}); dropped: {dropped}"
+    )
+
+
 # --- fit-head commands ---
+class HeadLoss(str, Enum):
+    l1 = "l1"
+    contrastive = "contrastive"
+    sparse = "sparse"
+    probe = "probe"
+    zs_probe = "zs-probe"
+
+
+class Coupling(str, Enum):
+    sequential = "sequential"
+    joint = "joint"
+
+
+class GumbelVariant(str, Enum):
+    paper = "paper"
+    reference = "reference"
+
+
+class HeadOptimizer(str, Enum):
+    adam = "adam"
+    adamw = "adamw"
+
+
+class HeadDevice(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class CblInit(str, Enum):
+    identity = "identity"
+    random = "random"
+
+
+def _fit_head_table(result) -> str:
+    m = result.metrics
+    head = ("split", "rows", "head top-1", "head top-5", "zero-shot top-1")
+    rows = ["{:<6} {:>8} {:>10} {:>10} {:>15}".format(*head)]
+    for split in ("val", "test"):
+        if split in m:
+            h, z = m[split], m["zero_shot"][split]
+            rows.append(
+                f"{split:<6} {h['n']:>8} {h['top1']:>10.4f} {h['top5']:>10.4f} {z['top1']:>15.4f}"
+            )
+    return "\n".join(rows)
+
+
+@app.command("fit-head")
+def fit_head(
+    cache: Annotated[Path, typer.Option(help="Embedding cache (zarr directory or .h5 file).")],
+    loss: Annotated[
+        HeadLoss, typer.Option(help="CBL loss, or a baseline: probe | zs-probe.")
+    ] = HeadLoss.sparse,
+    out: Annotated[
+        Path | None, typer.Option(help="Head directory [default: runs/heads/<cache>-<loss>].")
+    ] = None,
+    coupling: Annotated[
+        Coupling, typer.Option(help="sequential: FC on stopgrad(a); joint: CE reaches W_CBL.")
+    ] = Coupling.joint,
+    lam: Annotated[
+        float, typer.Option("--lambda", help="l1 strength: (lambda/|D|)*||W_CBL||_1.")
+    ] = 1e-3,
+    lr_cbl: Annotated[float, typer.Option(help="Learning rate of the W_CBL optimizer.")] = 1e-3,
+    lr_fc: Annotated[float, typer.Option(help="Learning rate of the W_F optimizer.")] = 1e-3,
+    optimizer: Annotated[HeadOptimizer, typer.Option(help="Both optimizers.")] = HeadOptimizer.adam,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay, both optimizers.")] = 0.0,
+    epochs: Annotated[int, typer.Option(help="Maximum passes over the train rows.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 256,
+    val_fraction: Annotated[
+        float, typer.Option(help="Seeded hold-out of train for early stopping.")
+    ] = 0.1,
+    patience: Annotated[int, typer.Option(help="Epochs without val gain before stopping.")] = 5,
+    seed: Annotated[int, typer.Option(help="Init, shuffling, val split and Gumbel noise.")] = 0,
+    tau_max: Annotated[float, typer.Option(help="Gumbel temperature at the first step.")] = 1.0,
+    tau_min: Annotated[float, typer.Option(help="Gumbel temperature at the last step.")] = 0.1,
+    hard: Annotated[bool, typer.Option(help="Straight-through one-hot Gumbel samples.")] = False,
+    variant: Annotated[
+        GumbelVariant, typer.Option(help="paper (eq. 9-10) | reference (published code).")
+    ] = GumbelVariant.paper,
+    cbl_init: Annotated[
+        CblInit, typer.Option(help="identity (a = psi at init) | random (nn.Linear default).")
+    ] = CblInit.identity,
+    device: Annotated[HeadDevice, typer.Option(help="auto = cuda when available.")] = (
+        HeadDevice.auto
+    ),
+    train_split: Annotated[str, typer.Option(help="Cache split to train on.")] = "train",
+    test_split: Annotated[str, typer.Option(help="Cache split to report on.")] = "test",
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+    progress: Progress = True,
+    verbose: Verbose = False,
+) -> None:
+    """Stage two: fit a concept-bottleneck head (or a baseline) on a cache; writes a head dir."""
+    setup_logging(verbose)
+    from cache import CacheError
+    from heads.config import FitHeadConfig
+    from heads.train import run
+
+    try:
+        cfg = FitHeadConfig(
+            cache=cache, out=out, loss=loss.value, coupling=coupling.value, lam=lam,
+            lr_cbl=lr_cbl, lr_fc=lr_fc, optimizer=optimizer.value, weight_decay=weight_decay,
+            epochs=epochs, batch_size=batch_size, val_fraction=val_fraction, patience=patience,
+            seed=seed, tau_max=tau_max, tau_min=tau_min, hard=hard, variant=variant.value,
+            cbl_init=cbl_init.value, device=device.value, train_split=train_split,
+            test_split=test_split, overwrite=overwrite, progress=progress,
+        )  # fmt: skip
+        result = run(cfg)
+    except (ValueError, CacheError, FileExistsError, RuntimeError) as e:
+        fail(str(e))
+    typer.echo(
+        f"wrote {result.out_dir} ({result.loss}, kind {result.kind}, {result.device}, "
+        f"{result.seconds:.1f} s, {len(result.history) or '-'} epochs)"
+    )
+    if "note" in result.metrics:
+        typer.echo(f"note: {result.metrics['note']}")
+    typer.echo(_fit_head_table(result))
+
+
 # --- evaluation commands ---
+class CmsNormalize(str, Enum):
+    none = "none"
+    sum = "sum"
+    column = "column"
+    zscore = "zscore"
+
+
+class EvalDevice(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+EvalCache = Annotated[Path, typer.Option(help="Embedding cache (zarr directory or .h5 file).")]
+EvalChunk = Annotated[int, typer.Option(help="Image rows per matmul (bounds memory).")]
+EvalDeviceOpt = Annotated[EvalDevice, typer.Option(help="auto = cuda when available.")]
+NormalizeOpt = Annotated[
+    CmsNormalize,
+    typer.Option(help="CMS column normalisation; sum = none (row scaling keeps every cosine)."),
+]
+
+
+@app.command("cms-eval")
+def cms_eval(
+    cache: EvalCache,
+    normalize: NormalizeOpt = CmsNormalize.none,
+    split: Annotated[
+        list[str] | None, typer.Option(help="Split to evaluate; repeat for more (default: test).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory (default: runs/cms/<cache-stem>).")
+    ] = None,
+    chunk_size: EvalChunk = 4096,
+    top_concepts: Annotated[int, typer.Option(help="Concepts per image in the CSV.")] = 5,
+    device: EvalDeviceOpt = EvalDevice.auto,
+    progress: Progress = True,
+    verbose: Verbose = False,
+) -> None:
+    """Concept Matrix Search beside zero-shot CLIP on the same split(s); CSVs + metrics JSON."""
+    setup_logging(verbose)
+    from cache import CacheError
+    from heads.evaluate import CmsEvalConfig, run_cms_eval
+
+    try:
+        cfg = CmsEvalConfig(
+            cache=cache, normalize=normalize.value, splits=tuple(split or ("test",)), out=out,
+            chunk_size=chunk_size, top_concepts=top_concepts, device=device.value,
+            progress=progress,
+        )  # fmt: skip
+        result = run_cms_eval(cfg)
+    except (ValueError, CacheError) as e:
+        fail(str(e))
+    typer.echo(result.summary())
+    typer.echo(f"wrote {cfg.out_dir()}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    cache: EvalCache,
+    head: Annotated[Path, typer.Option(help="Head directory written by fit-head.")],
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory (default: runs/eval/<head-name>).")
+    ] = None,
+    chunk_size: EvalChunk = 8192,
+    device: EvalDeviceOpt = EvalDevice.auto,
+    progress: Progress = True,
+    verbose: Verbose = False,
+) -> None:
+    """Metrics of a head (top-1/5, per class, confusion, NEC, sparsity); CSV/JSON/PNG."""
+    setup_logging(verbose)
+    from cache import CacheError
+    from heads.evaluate import EvaluateConfig, run_evaluate
+
+    try:
+        cfg = EvaluateConfig(
+            cache=cache, head=head, split=split, out=out, chunk_size=chunk_size,
+            device=device.value, progress=progress,
+        )  # fmt: skip
+        result = run_evaluate(cfg)
+    except (ValueError, CacheError) as e:
+        fail(str(e))
+    typer.echo(result.summary())
+    typer.echo(f"wrote {cfg.out_dir()}")
+
+
+@app.command("explain")
+def explain_cmd(
+    cache: EvalCache,
+    index: Annotated[int, typer.Option(help="Row of the split (0-based).")],
+    head: Annotated[
+        Path | None, typer.Option(help="cbm head directory (default: explain CMS instead).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split the row belongs to.")] = "test",
+    out: Annotated[
+        Path | None, typer.Option(help="Bar chart .png, CSV beside it (default: runs/explain/...).")
+    ] = None,
+    top_k: Annotated[int, typer.Option(help="Concepts shown.")] = 10,
+    normalize: NormalizeOpt = CmsNormalize.none,
+    device: EvalDeviceOpt = EvalDevice.auto,
+    verbose: Verbose = False,
+) -> None:
+    """Top concepts of one prediction (cbm head, or CMS) as a table, CSV and bar chart PNG."""
+    setup_logging(verbose)
+    from cache import CacheError
+    from heads.evaluate import ExplainConfig, run_explain
+
+    try:
+        cfg = ExplainConfig(
+            cache=cache, index=index, head=head, split=split, out=out, top_k=top_k,
+            normalize=normalize.value, device=device.value,
+        )  # fmt: skip
+        result = run_explain(cfg)
+    except (ValueError, CacheError) as e:
+        fail(str(e))
+    typer.echo(result.summary())
+    typer.echo(f"wrote {result.files['png']} and {result.files['csv']}")
+
 
 if __name__ == "__main__":
     app()

@@ -18,22 +18,42 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.embed import EmbedConfig, _Decoded, _collate, run  # noqa: E402
+from pipeline.embed import EmbedConfig, _collate, _Decoded, run  # noqa: E402
 from pipeline.encoder import DTYPES, ClipEncoder  # noqa: E402
 from pipeline.preprocess import PreprocessSpec, normalize_batch  # noqa: E402
 
 ARCHS = {  # vision tower shapes; text tower kept small (it runs once per cache, not per image)
-    "vit-l-14": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                     num_attention_heads=16, image_size=224, patch_size=14, projection_dim=768),
-    "vit-b-16": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                     num_attention_heads=12, image_size=224, patch_size=16, projection_dim=512),
-    "tiny": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                 num_attention_heads=2, image_size=224, patch_size=16, projection_dim=64),
+    "vit-l-14": dict(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=14,
+        projection_dim=768,
+    ),
+    "vit-b-16": dict(
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        image_size=224,
+        patch_size=16,
+        projection_dim=512,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=224,
+        patch_size=16,
+        projection_dim=64,
+    ),
 }
 
 
@@ -75,8 +95,13 @@ def bench_decode(root: Path, workers: int, batch: int) -> float:
     from pipeline.datasets import build_dataset
 
     ds = build_dataset("imagefolder", root, "test")
-    loader = DataLoader(_Decoded(ds, PreprocessSpec()), batch_size=batch, num_workers=workers,
-                        collate_fn=_collate, prefetch_factor=4 if workers else None)
+    loader = DataLoader(
+        _Decoded(ds, PreprocessSpec()),
+        batch_size=batch,
+        num_workers=workers,
+        collate_fn=_collate,
+        prefetch_factor=4 if workers else None,
+    )
     t0, n = time.perf_counter(), 0
     for idx, *_ in loader:
         n += len(idx)
@@ -108,11 +133,16 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=10, help="forward batches for (b)")
     p.add_argument("--workers", type=int, default=-1)
     p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results/embed_throughput.json")
+    p.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results/embed_throughput.json"
+    )
     args = p.parse_args()
     workers = args.workers if args.workers >= 0 else max(1, (os.cpu_count() or 1) - 1)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
-        "cpu" if args.device == "auto" else args.device)
+    device = (
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         root = image_folder(args.data, args.images, tmp)
@@ -122,19 +152,34 @@ def main() -> None:
         concepts = tmp / "concepts.txt"
         concepts.write_text("a dog\na cat\n")
         out = tmp / "cache.zarr"
-        cfg = EmbedConfig(dataset="imagefolder", root=root, out=out, concepts=concepts,
-                          model=str(model_dir), splits=("test",), device=device,
-                          dtype=args.dtype, batch_size=args.batch, workers=workers,
-                          progress=False)
+        cfg = EmbedConfig(
+            dataset="imagefolder",
+            root=root,
+            out=out,
+            concepts=concepts,
+            model=str(model_dir),
+            splits=("test",),
+            device=device,
+            dtype=args.dtype,
+            batch_size=args.batch,
+            workers=workers,
+            progress=False,
+        )
         t0 = time.perf_counter()
         res = run(cfg)
         wall = time.perf_counter() - t0
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     result = {
-        "arch": args.arch, "device": device, "device_name": torch.cuda.get_device_name()
-        if device.startswith("cuda") else platform.processor() or platform.machine(),
-        "dtype": args.dtype, "cpu_cores": os.cpu_count(), "workers": workers,
-        "batch": args.batch, "images": args.images,
+        "arch": args.arch,
+        "device": device,
+        "device_name": torch.cuda.get_device_name()
+        if device.startswith("cuda")
+        else platform.processor() or platform.machine(),
+        "dtype": args.dtype,
+        "cpu_cores": os.cpu_count(),
+        "workers": workers,
+        "batch": args.batch,
+        "images": args.images,
         "decode_preprocess_img_per_s": round(decode, 1),
         "model_forward_img_per_s": round(model, 1),
         "end_to_end_img_per_s": round(res.images_per_s, 1),

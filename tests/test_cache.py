@@ -88,13 +88,25 @@ def _fill(w, shards):
     for s in shards:
         r = w.plans["train"].rows(s)
         n = len(r)
-        w.write_shard("train", s, image_emb=np.tile([1.0, 0.0], (n, 1)), norms=np.ones(n),
-                      labels=np.zeros(n), ids=[str(i) for i in r], ok=np.ones(n, bool))
+        w.write_shard(
+            "train",
+            s,
+            image_emb=np.tile([1.0, 0.0], (n, 1)),
+            norms=np.ones(n),
+            labels=np.zeros(n),
+            ids=[str(i) for i in r],
+            ok=np.ones(n, bool),
+        )
 
 
 def _text(w):
-    w.write_text(concept_emb=np.eye(2), class_emb=np.eye(2)[:1], concepts=["a", "b"],
-                 classes=["k"], templates=["{}"])
+    w.write_text(
+        concept_emb=np.eye(2),
+        class_emb=np.eye(2)[:1],
+        concepts=["a", "b"],
+        classes=["k"],
+        templates=["{}"],
+    )
 
 
 def test_resume_after_interruption_is_identical(tmp_path):

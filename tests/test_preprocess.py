@@ -33,8 +33,15 @@ def reference():
 
 @pytest.mark.parametrize(
     "w,h,mode",
-    [(500, 375, "RGB"), (375, 500, "RGB"), (32, 32, "RGB"), (224, 224, "RGB"), (640, 427, "L"),
-     (300, 301, "CMYK"), (1000, 229, "RGB")],
+    [
+        (500, 375, "RGB"),
+        (375, 500, "RGB"),
+        (32, 32, "RGB"),
+        (224, 224, "RGB"),
+        (640, 427, "L"),
+        (300, 301, "CMYK"),
+        (1000, 229, "RGB"),
+    ],
 )
 def test_matches_clip_image_processor(reference, w, h, mode):
     spec = PreprocessSpec.from_image_processor(reference)

@@ -1,0 +1,194 @@
+"""CMS speed and peak memory at ImageNet-val scale (issue 3: < 60 s, < 4 GiB on a 2-core CPU).
+
+Synthetic CLIP-like unit embeddings (all rows share a common direction, as CLIP's do, so
+column normalisation is meaningful): N images x E, |D| concepts, |C| classes. Two
+measurements per normalisation, each in a fresh child process so its peak RSS
+(`ru_maxrss`, which counts torch's allocations, unlike tracemalloc) is its own:
+
+- core: `heads.cms.cms_predict` on in-memory fp16 embeddings (+ zero-shot);
+- e2e:  `heads.evaluate.run_cms_eval`, i.e. `cli.py cms-eval`, on a synthetic cache written
+        with `cache.write_cache`: cache read, CMS, zero-shot, 50k-row CSVs, metrics JSON.
+
+    python benchmarks/cms_speed.py                  # writes benchmarks/results/cms_speed.json
+    python benchmarks/cms_speed.py --n 5000 --modes core   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def synthetic(n, n_concepts, n_classes, dim, seed=0):
+    """fp16 images (N, E) near their class, concepts and classes (fp32), labels (N,)."""
+    rng = np.random.default_rng(seed)
+    common = rng.standard_normal(dim).astype(np.float32)
+    common /= np.linalg.norm(common)
+
+    def unit(x):
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    concepts = unit(common + 0.9 * rng.standard_normal((n_concepts, dim), np.float32) / dim**0.5)
+    classes = unit(common + 0.9 * rng.standard_normal((n_classes, dim), np.float32) / dim**0.5)
+    labels = rng.integers(0, n_classes, n)
+    images = np.empty((n, dim), np.float16)
+    for s in range(0, n, 8192):  # bounded temporaries
+        y = labels[s : s + 8192]
+        noise = rng.standard_normal((len(y), dim), np.float32) / dim**0.5
+        images[s : s + 8192] = unit(classes[y] + 3.0 * noise)
+    return images, concepts, classes, labels
+
+
+def cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def worker(args) -> dict:
+    """Runs inside the child: one measurement, result as JSON on stdout."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.mode == "e2e":
+        from heads.evaluate import CmsEvalConfig, run_cms_eval
+
+        cfg = CmsEvalConfig(
+            cache=Path(args.cache),
+            normalize=args.normalize,
+            out=Path(args.out_dir),
+            chunk_size=args.chunk,
+            device="cpu",
+            progress=False,
+        )
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        res = run_cms_eval(cfg)
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+        m = res.metrics["metrics"]
+        top1 = {"cms_top1": m["test/cms/top1"], "zs_top1": m["test/zero_shot/top1"]}
+    else:
+        from heads.cms import cms_predict, zero_shot_predict
+
+        images, concepts, classes, labels = synthetic(args.n, args.concepts, args.classes, args.dim)
+        base = peak_rss_mib()
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        out = cms_predict(
+            images, concepts, classes, normalize=args.normalize, chunk_size=args.chunk
+        )
+        zs, _ = zero_shot_predict(images, classes, chunk_size=args.chunk)
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+        y = torch.from_numpy(labels)
+        top1 = {"cms_top1": float((out.pred == y).float().mean())}
+        top1["zs_top1"] = float((zs == y).float().mean())
+        top1["rss_before_mib"] = base
+    # cpu_seconds (user + sys, all threads) is the work done; wall seconds also count waiting
+    # for the cores, and load_avg_1min says how busy the machine was with other processes.
+    return {
+        "mode": args.mode,
+        "normalize": args.normalize,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "threads": torch.get_num_threads(),
+        "load_avg_1min": os.getloadavg()[0],
+        "peak_rss_mib": peak_rss_mib(),
+        **top1,
+    }
+
+
+def child(args, mode, normalize, cache, out_dir) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--mode", mode, "--normalize", normalize]
+    cmd += ["--n", str(args.n), "--concepts", str(args.concepts), "--classes", str(args.classes)]
+    cmd += ["--dim", str(args.dim), "--chunk", str(args.chunk), "--threads", str(args.threads)]
+    cmd += ["--cache", str(cache), "--out-dir", str(out_dir)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"worker failed ({' '.join(cmd)}):\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def write_synthetic_cache(args, path: Path) -> float:
+    from cache import write_cache
+
+    t0 = time.perf_counter()
+    images, concepts, classes, labels = synthetic(args.n, args.concepts, args.classes, args.dim)
+    write_cache(
+        path,
+        splits={"test": {"image_emb": images, "labels": labels}},
+        concepts=[f"concept {j}" for j in range(args.concepts)],
+        classes=[f"class {m}" for m in range(args.classes)],
+        concept_emb=concepts,
+        class_emb=classes,
+        metadata={"synthetic": "cms_speed"},
+    )
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=50_000, help="images")
+    p.add_argument("--concepts", type=int, default=4751, help="|D|")
+    p.add_argument("--classes", type=int, default=1000, help="|C|")
+    p.add_argument("--dim", type=int, default=768, help="embedding width E")
+    p.add_argument("--chunk", type=int, default=4096, help="image rows per matmul")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--normalize", nargs="+", default=["none", "column"])
+    p.add_argument("--modes", nargs="+", default=["core", "e2e"], choices=["core", "e2e"])
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/cms_speed.json")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--mode", default="core", help=argparse.SUPPRESS)
+    p.add_argument("--cache", default="", help=argparse.SUPPRESS)
+    p.add_argument("--out-dir", default="", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        args.normalize = args.normalize[0]
+        print(json.dumps(worker(args)))
+        return 0
+    runs, cache_seconds = [], None
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "synthetic.zarr"
+        if "e2e" in args.modes:
+            cache_seconds = write_synthetic_cache(args, cache)
+        for mode in args.modes:
+            for norm in args.normalize:
+                r = child(args, mode, norm, cache, Path(tmp) / f"out-{mode}-{norm}")
+                print(json.dumps(r))
+                runs.append(r)
+    worst_s = max(r["seconds"] for r in runs)
+    worst_mib = max(r["peak_rss_mib"] for r in runs)
+    result = {
+        "benchmark": "cms_speed",
+        "shape": {"n": args.n, "concepts": args.concepts, "classes": args.classes, "dim": args.dim},
+        "chunk": args.chunk,
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "synthetic_cache_write_seconds": cache_seconds,
+        "runs": runs,
+        "targets": {"seconds": 60, "peak_rss_mib": 4096},
+        "pass": worst_s < 60 and worst_mib < 4096,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    verdict = "PASS" if result["pass"] else "FAIL"
+    print(f"worst: {worst_s:.1f} s, peak RSS {worst_mib:.0f} MiB -> {verdict}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,230 @@
+"""fit-head speed on synthetic caches of real sizes (issue 3, SPEC §7).
+
+- cifar10-like: 50,000 train / 10,000 test, E = 768, |D| = 143, |C| = 10. A full
+  `heads.train.run` per loss (defaults: <= 20 epochs, early stopping) is timed end to end,
+  cache load included. Target: < 60 s per run on a 2-core CPU.
+- imagenet-like: 1,281,167 train / 50,000 test, E = 768, |D| = 4,751, |C| = 1,000. Seconds per
+  epoch are measured on a FRACTION of an epoch (`--steps` optimizer steps after warm-up, plus a
+  validation forward pass over `--eval-rows` rows) and extrapolated linearly to the full epoch
+  (1,153,051 fit rows, 128,116 val rows); the JSON says so. Timed on CPU, and on CUDA when a GPU
+  is visible (there the whole epoch is also feasible: `--full-epoch-gpu`).
+
+Synthetic images: each class is defined by a few planted concepts (unit weighted sum + noise),
+so the accuracies are meaningful but are not CLIP numbers. Writes
+benchmarks/results/fit_head_speed.json and prints a table.
+
+    python benchmarks/fit_head_speed.py                       # both sizes, CPU (+ GPU if any)
+    python benchmarks/fit_head_speed.py --sizes cifar10 --losses sparse,l1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cache import open_cache, write_cache  # noqa: E402
+from heads.config import FitHeadConfig  # noqa: E402
+from heads.data import load_data  # noqa: E402
+from heads.features import FEATURES  # noqa: E402
+from heads.losses import tau_schedule  # noqa: E402
+from heads.model import ConceptBottleneck  # noqa: E402
+from heads.scoring import predict  # noqa: E402
+from heads.train import (  # noqa: E402
+    StepState,
+    flush_denormals,
+    make_optimizers,
+    run,
+    train_step,
+)
+
+# n_train, n_test, E, |D|, |C|, planted concepts per class, noise norm (relative to the unit
+# signal; E = 768 needs a large one: cifar10-like zero-shot ~0.84 at 10)
+SIZES = {
+    "cifar10": dict(n_train=50_000, n_test=10_000, e=768, d=143, c=10, per_class=5, noise=10.0),
+    "imagenet": dict(
+        n_train=1_281_167, n_test=50_000, e=768, d=4_751, c=1_000, per_class=4, noise=6.0
+    ),
+}
+GEN_CHUNK = 16_384  # rows generated at a time (bounds the float32 temporaries)
+
+
+def synthetic_arrays(n: int, d_emb, planted, rng, noise: float):
+    """(n, E) float32 images of random classes: unit sum of planted concepts + noise."""
+    e = d_emb.shape[1]
+    labels = rng.integers(0, len(planted), size=n)
+    out = np.empty((n, e), dtype=np.float32)
+    for s in range(0, n, GEN_CHUNK):
+        lab = labels[s : s + GEN_CHUNK]
+        w = rng.uniform(0.5, 1.5, size=(len(lab), planted.shape[1])).astype(np.float32)
+        sig = np.einsum("nk,nke->ne", w, d_emb[planted[lab]])
+        sig /= np.linalg.norm(sig, axis=1, keepdims=True)
+        sig += (noise / np.sqrt(e)) * rng.standard_normal(sig.shape, dtype=np.float32)
+        out[s : s + GEN_CHUNK] = sig
+    return out, labels.astype(np.int64)
+
+
+def make_cache(path: Path, size: dict, seed: int = 0) -> float:
+    """Write a synthetic cache of `size`; returns the seconds it took."""
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    d_emb = rng.standard_normal((size["d"], size["e"]), dtype=np.float32)
+    d_emb /= np.linalg.norm(d_emb, axis=1, keepdims=True)
+    planted = rng.permutation(size["d"])[: size["c"] * size["per_class"]]
+    planted = np.resize(planted, (size["c"], size["per_class"]))
+    class_emb = d_emb[planted].mean(axis=1)
+    splits = {}
+    for name, n in (("train", size["n_train"]), ("test", size["n_test"])):
+        x, y = synthetic_arrays(n, d_emb, planted, rng, size["noise"])
+        splits[name] = {"image_emb": x, "labels": y}
+    write_cache(
+        path,
+        splits=splits,
+        concepts=[f"concept {j}" for j in range(size["d"])],
+        classes=[f"class {m}" for m in range(size["c"])],
+        concept_emb=d_emb,
+        class_emb=class_emb,
+        metadata={"synthetic": "fit_head_speed", "seed": seed},
+    )
+    return time.perf_counter() - t0
+
+
+def bench_full_runs(cache: Path, losses, device: str, tmp: Path) -> list[dict]:
+    rows = []
+    for loss in losses:
+        cfg = FitHeadConfig(
+            cache=cache, out=tmp / f"head-{loss}-{device}", loss=loss, device=device,
+            progress=False, overwrite=True,
+        )  # fmt: skip
+        r = run(cfg)
+        rows.append(
+            {
+                "size": "cifar10", "loss": loss, "device": r.device, "mode": "full run",
+                "seconds": round(r.seconds, 2), "epochs": len(r.history) or None,
+                "seconds_per_epoch": round(sum(h["seconds"] for h in r.history)
+                                           / len(r.history), 3) if r.history else None,
+                "val_top1": round(r.metrics["val"]["top1"], 4),
+                "test_top1": round(r.metrics["test"]["top1"], 4),
+                "zero_shot_test_top1": round(r.metrics["zero_shot"]["test"]["top1"], 4),
+            }
+        )  # fmt: skip
+        print(f"  cifar10 {loss:<11} {device}: {r.seconds:.1f} s", flush=True)
+    return rows
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_epoch_fraction(cache: Path, loss: str, device: str, steps: int, eval_rows: int):
+    """Time `steps` optimizer steps and a val forward pass; extrapolate to one epoch."""
+    cfg = FitHeadConfig(cache=cache, loss=loss, device=device, progress=False)
+    t0 = time.perf_counter()
+    with open_cache(cache) as c:
+        data = load_data(c, cfg, torch.device(device))
+    load_s = time.perf_counter() - t0
+    torch.manual_seed(0)
+    model = ConceptBottleneck(len(data.text.concept_emb), data.n_classes).to(device)
+    opts = make_optimizers(model, cfg)
+    state = StepState(cfg.lam, 1.0, torch.Generator(device=device).manual_seed(0), False, "paper")
+    idx = data.train_idx[torch.randperm(len(data.train_idx))[: (steps + 3) * cfg.batch_size]]
+    n_steps_epoch = -(-len(data.train_idx) // cfg.batch_size)
+    times = []
+    with flush_denormals():  # as in heads.train.run
+        for i in range(steps + 3):  # the first 3 steps are warm-up, not timed
+            rows = idx[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            state.tau = tau_schedule(i, n_steps_epoch, cfg.tau_max, cfg.tau_min)
+            _sync(device)
+            t = time.perf_counter()
+            train_step(model, opts, data.train.x[rows], data.train.y[rows], data, cfg, state)
+            _sync(device)
+            times.append(time.perf_counter() - t)
+    step_s = float(np.mean(times[3:]))
+    n_eval = min(eval_rows, len(data.val_idx))
+    val_x = data.train.x[data.val_idx[:n_eval]]
+    _sync(device)
+    t = time.perf_counter()
+    predict(model, lambda x: FEATURES["cbm"](x, data.text), val_x)
+    _sync(device)
+    eval_s = (time.perf_counter() - t) * len(data.val_idx) / n_eval
+    train_s = step_s * n_steps_epoch
+    return {
+        "size": "imagenet", "loss": loss, "device": device, "mode": "extrapolated",
+        "note": f"timed {steps} steps of batch {cfg.batch_size} (after 3 warm-up steps) and a val "
+                f"forward over {n_eval} rows; extrapolated linearly to {n_steps_epoch} steps and "
+                f"{len(data.val_idx)} val rows",
+        "cache_load_seconds": round(load_s, 2), "seconds_per_step": round(step_s, 4),
+        "train_seconds_per_epoch": round(train_s, 1), "val_seconds_per_epoch": round(eval_s, 1),
+        "seconds_per_epoch": round(train_s + eval_s, 1),
+    }  # fmt: skip
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+    return format(row[key], fmt) if row.get(key) is not None else "-"
+
+
+def print_table(rows):
+    cols = [("size", "<9", "s"), ("loss", "<12", "s"), ("device", "<6", "s"), ("mode", "<13", "s"),
+            ("seconds", ">7", ".1f"), ("seconds_per_epoch", ">9", ".2f"), ("epochs", ">6", "d"),
+            ("val_top1", ">6", ".3f"), ("test_top1", ">6", ".3f")]  # fmt: skip
+    heads = {"seconds": "s/run", "seconds_per_epoch": "s/epoch", "val_top1": "val",
+             "test_top1": "test"}  # fmt: skip
+    print("\n" + " ".join(format(heads.get(k, k), a) for k, a, _ in cols))
+    for r in rows:
+        print(" ".join(format(_cell(r, k, f), a) for k, a, f in cols))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="cifar10,imagenet")
+    ap.add_argument("--losses", default="l1,contrastive,sparse,probe,zs-probe")
+    ap.add_argument("--imagenet-losses", default="sparse")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps (imagenet-like)")
+    ap.add_argument("--eval-rows", type=int, default=16_384, help="timed val rows (imagenet)")
+    ap.add_argument("--workdir", type=Path, default=None, help="where caches go (default: tmp)")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/fit_head_speed.json"))
+    args = ap.parse_args(argv)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="fit_head_speed_"))
+    rows, setup = [], {}
+    try:
+        for name in args.sizes.split(","):
+            path = work / f"{name}-like.zarr"
+            if not path.exists():
+                setup[f"{name}_cache_write_seconds"] = round(make_cache(path, SIZES[name]), 1)
+            for device in devices:
+                if name == "cifar10":
+                    rows += bench_full_runs(path, args.losses.split(","), device, work)
+                    continue
+                for loss in args.imagenet_losses.split(","):
+                    r = bench_epoch_fraction(path, loss, device, args.steps, args.eval_rows)
+                    rows.append(r)
+                    print(f"  imagenet {loss} {device}: {rows[-1]['seconds_per_epoch']} s/epoch")
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                    "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "sizes": SIZES, "setup": setup, "results": rows,
+    }  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print_table(rows)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""In-memory training data for stage two: whole arrays loaded once from the cache.
+
+The train split's valid rows are loaded with one read, checked (non-empty, finite, labels in
+range, |D| consistent), moved to the training device once, and split into train / validation
+rows by a seeded permutation (SPEC §6: validation is carved from train, never from test).
+Batches are then drawn by indexing these tensors -- no per-row cache reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from heads.features import TextTensors
+
+log = logging.getLogger(__name__)
+
+
+class HeadDataError(ValueError):
+    """The cache cannot be trained on: missing/empty split, NaN embeddings, |D| mismatch, ..."""
+
+
+@dataclass
+class SplitTensors:
+    """One split's valid rows on the device: x (N, E) fp32, y (N,) int64, rows (N,) np.int64
+    = positions of these rows in the cache split (before dropping ok=False rows)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    rows: np.ndarray
+
+
+@dataclass
+class HeadData:
+    train: SplitTensors  # all valid train rows; train_idx / val_idx index into them
+    train_idx: torch.Tensor  # (n_fit,) int64, rows used for gradient steps
+    val_idx: torch.Tensor  # (n_val,) int64, seeded hold-out for early stopping / L2 choice
+    test: SplitTensors | None  # None when the cache has no test split
+    text: TextTensors
+    n_classes: int
+    val_seed: int
+
+    def val_rows(self) -> list[int]:
+        """Validation rows as positions in the cache's train split (recorded in the head)."""
+        return self.train.rows[self.val_idx.cpu().numpy()].tolist()
+
+
+def _check_text(cache) -> None:
+    n_d, n_c = len(cache.concepts), len(cache.classes)
+    d_rows, c_rows = cache.concept_emb().shape[0], cache.class_emb().shape[0]
+    if n_d != d_rows or n_c != c_rows:
+        raise HeadDataError(
+            f"cache {cache.path} is inconsistent: |D| mismatch ({n_d} concept strings vs "
+            f"{d_rows} concept embeddings) or |C| ({n_c} class names vs {c_rows} class "
+            "embeddings); re-run `cli.py embed` to rebuild it"
+        )
+
+
+def load_split(cache, name: str, n_classes: int, device) -> SplitTensors:
+    """Valid rows of split `name`, checked, as fp32/int64 tensors on `device`."""
+    if name not in cache.splits:
+        raise HeadDataError(f"cache {cache.path} has no split {name!r}; it has {cache.splits}")
+    sd = cache.split(name)
+    rows = np.flatnonzero(sd.ok)
+    if len(rows) < len(sd.ok):
+        sd = sd.valid()
+    if len(rows) == 0:
+        raise HeadDataError(
+            f"split {name!r} of cache {cache.path} is empty ({len(sd.ok)} rows, 0 with ok=True); "
+            "embed the split first or choose another with --train-split / --test-split"
+        )
+    emb = np.asarray(sd.image_emb, dtype=np.float32)
+    finite = np.isfinite(emb).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise HeadDataError(
+            f"split {name!r} of cache {cache.path} has {len(bad)} rows with NaN/inf embeddings "
+            f"(first at valid row {bad[0]}); re-embed them or mark them ok=False"
+        )
+    labels = np.asarray(sd.labels, dtype=np.int64)
+    if labels.min() < 0 or labels.max() >= n_classes:
+        raise HeadDataError(
+            f"split {name!r} has labels in [{labels.min()}, {labels.max()}] but the cache has "
+            f"{n_classes} classes; labels must be in [0, {n_classes})"
+        )
+    return SplitTensors(
+        x=torch.from_numpy(emb).to(device),
+        y=torch.from_numpy(labels).to(device),
+        rows=rows,
+    )
+
+
+def carve_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded hold-out of train: (fit_idx, val_idx), both sorted, disjoint, covering range(n)."""
+    n_val = int(round(fraction * n))
+    if n < 2 or n_val < 1 or n_val >= n:
+        raise HeadDataError(
+            f"cannot carve a validation split of fraction {fraction} from {n} train rows "
+            "(need >= 1 row on each side); use a larger split or another --val-fraction"
+        )
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def load_data(cache, config, device) -> HeadData:
+    """Everything a fit needs, on `device`; see the module docstring."""
+    _check_text(cache)
+    n_classes = len(cache.classes)
+    train = load_split(cache, config.train_split, n_classes, device)
+    fit_idx, val_idx = carve_validation(len(train.rows), config.val_fraction, config.seed)
+    test = None
+    if config.test_split is not None and config.test_split in cache.splits:
+        test = load_split(cache, config.test_split, n_classes, device)
+    elif config.test_split is not None:
+        log.warning("cache has no %r split; test metrics are skipped", config.test_split)
+    return HeadData(
+        train=train,
+        train_idx=torch.from_numpy(fit_idx).to(device),
+        val_idx=torch.from_numpy(val_idx).to(device),
+        test=test,
+        text=TextTensors.from_cache(cache, device),
+        n_classes=n_classes,
+        val_seed=config.seed,
+    )

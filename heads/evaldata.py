@@ -1,0 +1,154 @@
+"""Inputs and outputs of the evaluation commands: a checked split, device choice, table files.
+
+Every evaluation reads a split once, whole (SPEC §5: no per-row cache reads), keeps the rows
+whose image was readable (`ok`), and refuses what would give a silently wrong number: an
+unknown or empty split, non-finite embeddings, labels outside the class list.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class EvalInputError(ValueError):
+    """The cache split (or the requested row) cannot be evaluated as asked."""
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """The valid rows of one split, whole arrays. `rows` maps back to positions in the split."""
+
+    name: str
+    image_emb: np.ndarray  # (N, E) float32 unit rows
+    labels: np.ndarray  # (N,) int64 in 0..|C|-1
+    ids: np.ndarray  # (N,) str
+    rows: np.ndarray  # (N,) int64 row positions in the full split (ok rows only)
+    n_total: int  # rows in the full split, including unreadable images
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def check_split_name(cache, split: str) -> None:
+    if split not in cache.splits:
+        raise EvalInputError(
+            f"split {split!r} is not in cache {cache.path}; it has {cache.splits}. "
+            "Pass --split with one of those."
+        )
+
+
+def _first_ids(ids: np.ndarray, mask: np.ndarray, k: int = 3) -> str:
+    return ", ".join(str(i) for i in ids[mask][:k])
+
+
+def load_split(cache, split: str) -> EvalSplit:
+    """Read a split whole and check it (non-empty, finite, labels in range)."""
+    check_split_name(cache, split)
+    data = cache.split(split)
+    rows = np.flatnonzero(data.ok)
+    emb, labels, ids = data.image_emb[rows], data.labels[rows], data.ids[rows]
+    if len(rows) == 0:
+        raise EvalInputError(
+            f"split {split!r} of cache {cache.path} has no valid rows ({len(data.ok)} rows, "
+            f"{int((~data.ok).sum())} unreadable); nothing to evaluate — check the `embed` run"
+        )
+    bad = ~np.isfinite(emb).all(1)
+    if bad.any():
+        raise EvalInputError(
+            f"split {split!r} of cache {cache.path} has {int(bad.sum())} row(s) with non-finite "
+            f"(NaN/inf) embeddings, e.g. ids {_first_ids(ids, bad)}; the cache is corrupt — "
+            f"check it with `python cli.py cache verify {cache.path}` and re-run `embed`"
+        )
+    n_classes = len(cache.classes)
+    out = (labels < 0) | (labels >= n_classes)
+    if out.any():
+        raise EvalInputError(
+            f"split {split!r} has labels outside 0..{n_classes - 1} (|C| = {n_classes}), e.g. ids "
+            f"{_first_ids(ids, out)}; the class list and the labels do not match"
+        )
+    if len(rows) < len(data.ok):
+        log.info("split %s: skipping %d unreadable image(s)", split, len(data.ok) - len(rows))
+    return EvalSplit(split, emb, labels.astype(np.int64), ids, rows, len(data.ok))
+
+
+def locate_row(split: EvalSplit, index: int) -> int:
+    """Position in `split` (valid rows) of row `index` of the full split, or a clear error."""
+    if not 0 <= index < split.n_total:
+        raise EvalInputError(
+            f"--index {index} is out of range for split {split.name!r}: it has {split.n_total} "
+            f"rows, so the index must be in 0..{split.n_total - 1}"
+        )
+    pos = np.searchsorted(split.rows, index)
+    if pos >= len(split.rows) or split.rows[pos] != index:
+        raise EvalInputError(
+            f"row {index} of split {split.name!r} is an image that could not be read (ok=False); "
+            "it has no embedding — pick another --index"
+        )
+    return int(pos)
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when available else 'cpu'; 'cuda' without a GPU is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EvalInputError("device='cuda' was asked for but no CUDA device is available; use cpu")
+    return device
+
+
+def check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _jsonable(x):
+    """NaN/inf -> None (JSON has no NaN), numpy scalars -> Python, paths -> str."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_json(path: Path, obj: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def write_csv(path: Path, df: pd.DataFrame) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False)
+    return path
+
+
+def percent_table(df: pd.DataFrame, columns) -> str:
+    """Text table with the given fraction columns shown as percentages (2 decimals)."""
+    shown = df.copy()
+    for c in columns:
+        if c in shown:
+            shown[c] = (100 * shown[c]).map(lambda v: f"{v:.2f}")
+    return shown.rename(columns={c: f"{c} %" for c in columns}).to_string(index=False)

@@ -1,0 +1,349 @@
+"""The evaluation commands: `cms-eval`, `evaluate`, `explain` (configs + one run() each).
+
+- cms-eval: CMS (thesis §4.2, SPEC §3) beside zero-shot CLIP on the same split(s); per-image
+  predictions with the top contributing concepts, per-class accuracies, metrics JSON.
+- evaluate: a trained head (`heads.artifact.load_head`, refused on another cache's
+  fingerprint) on one split: top-1/top-5, per-class accuracy, confusion matrix, and for a
+  concept bottleneck NEC, accuracy at NEC = 5 / averaged over 5..30, activation sparsity
+  (SPEC §2 "Metrics"); zero-shot on the same split for reference.
+- explain: the top concepts of one prediction (a cbm head, or CMS without --head) as a
+  table, a CSV and a bar chart PNG.
+
+All tables are written with pandas (CSV) and metrics as flat JSON dicts, so runs compare.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cache import open_cache
+from heads.artifact import load_head
+from heads.cms import NORMALIZE_CHOICES, build_scorer, cms_predict, resolve_normalize
+from heads.cms import zero_shot_predict as zs_predict
+from heads.evaldata import (
+    DEVICES,
+    EvalInputError,
+    check_choice,
+    check_positive_int,
+    check_split_name,
+    load_split,
+    locate_row,
+    percent_table,
+    resolve_device,
+    write_csv,
+    write_json,
+)
+from heads.explain import Explanation, explain_cbm, explain_cms_row
+from heads.headeval import evaluate_head, per_class_frame
+from heads.metrics import classification_metrics
+from heads.plots import plot_confusion, plot_contributions
+
+log = logging.getLogger(__name__)
+
+PCT_COLUMNS = ("top1", "top5", "mean_per_class_acc")
+
+
+def _jsonable_config(cfg) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
+
+
+def _check_common(cfg) -> None:
+    object.__setattr__(cfg, "cache", Path(cfg.cache))
+    if cfg.out is not None:
+        object.__setattr__(cfg, "out", Path(cfg.out))
+    check_choice("device", cfg.device, DEVICES)
+    check_positive_int("chunk_size", cfg.chunk_size)
+
+
+# ------------------------------------------------------------------ cms-eval
+
+
+@dataclass(frozen=True)
+class CmsEvalConfig:
+    cache: Path  # zarr directory or .h5 file written by `embed`
+    normalize: str = "none"  # none | sum (= none) | column | zscore, per-concept columns
+    splits: tuple[str, ...] = ("test",)  # splits to evaluate, each reported on its own
+    out: Path | None = None  # output directory; None -> runs/cms/<cache-stem>
+    chunk_size: int = 4096  # image rows per matmul; memory ~ chunk * (|D| + |C|) * 4 bytes
+    top_concepts: int = 5  # contributing concepts per image in the predictions CSV
+    device: str = "auto"  # auto | cpu | cuda; resolved at run time and recorded
+    progress: bool = True  # tqdm bar over chunks
+
+    def __post_init__(self):
+        _check_common(self)
+        check_choice("normalize", self.normalize, NORMALIZE_CHOICES)
+        object.__setattr__(self, "splits", tuple(self.splits))
+        if not self.splits or len(set(self.splits)) != len(self.splits):
+            raise ValueError(f"splits must be non-empty and distinct, got {list(self.splits)}")
+        check_positive_int("top_concepts", self.top_concepts)
+
+    def out_dir(self) -> Path:
+        return self.out if self.out is not None else Path("runs/cms") / self.cache.stem
+
+
+@dataclass(frozen=True)
+class CmsEvalResult:
+    table: pd.DataFrame  # one row per (split, method): n, top1, top5, mean_per_class_acc
+    metrics: dict  # what metrics.json holds
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return percent_table(self.table, PCT_COLUMNS)
+
+
+def _cms_predictions_frame(data, classes, concepts, out, zs_pred) -> pd.DataFrame:
+    cms_pred, zs = out.pred.numpy(), zs_pred.numpy()
+    names = np.asarray(classes, dtype=object)
+    df = pd.DataFrame(
+        {
+            "id": data.ids,
+            "label": data.labels,
+            "label_name": names[data.labels],
+            "cms_pred": cms_pred,
+            "cms_pred_name": names[cms_pred],
+            "zs_pred": zs,
+            "zs_pred_name": names[zs],
+            "cms_score": out.pred_score.numpy(),
+        }
+    )
+    con = np.asarray(concepts, dtype=object)
+    for r in range(out.top_concepts.shape[1]):
+        df[f"concept_{r + 1}"] = con[out.top_concepts[:, r].numpy()]
+        df[f"term_{r + 1}"] = out.top_terms[:, r].numpy()
+    return df
+
+
+def _cms_one_split(cfg, cache, split, normalize, device, text):
+    data = load_split(cache, split)
+    t0 = time.perf_counter()
+    out = cms_predict(
+        data.image_emb,
+        *text,
+        normalize=normalize,
+        chunk_size=cfg.chunk_size,
+        n_concepts=cfg.top_concepts,
+        device=device,
+        progress=cfg.progress,
+    )
+    seconds = time.perf_counter() - t0
+    zs_pred, zs_top = zs_predict(data.image_emb, text[1], chunk_size=cfg.chunk_size, device=device)
+    n_classes = len(cache.classes)
+    metrics = {  # flat keys stay the same across normalisations, so runs line up in a table
+        "zero_shot": classification_metrics(zs_top, data.labels, n_classes),
+        "cms": classification_metrics(out.topk, data.labels, n_classes),
+    }
+    flat = {f"{split}/{m}/{k}": v for m, d in metrics.items() for k, v in d.items()}
+    flat[f"{split}/cms/seconds"] = seconds
+    flat[f"{split}/agreement"] = float((out.pred == zs_pred).double().mean())
+    label = {"zero_shot": "zero-shot", "cms": f"cms ({normalize})"}
+    rows = [{"split": split, "method": label[m], **d} for m, d in metrics.items()]
+    pc = per_class_frame(cache.classes, data.labels, {"zs_acc": zs_pred, "cms_acc": out.pred})
+    preds = _cms_predictions_frame(data, cache.classes, cache.concepts, out, zs_pred)
+    return rows, flat, preds, pc
+
+
+def run_cms_eval(cfg: CmsEvalConfig) -> CmsEvalResult:
+    """CMS and zero-shot on each split of cfg.splits; writes CSVs + metrics.json to out_dir."""
+    device = resolve_device(cfg.device)
+    normalize = resolve_normalize(cfg.normalize)
+    out_dir = cfg.out_dir()
+    rows, flat, files = [], {}, {}
+    with open_cache(cfg.cache) as cache:
+        for split in cfg.splits:  # fail before any work on a typo
+            check_split_name(cache, split)
+        text = (cache.concept_emb(), cache.class_emb())
+        for split in cfg.splits:
+            r, f, preds, pc = _cms_one_split(cfg, cache, split, normalize, device, text)
+            rows += r
+            flat.update(f)
+            files[f"predictions_{split}"] = write_csv(out_dir / f"predictions_{split}.csv", preds)
+            files[f"per_class_{split}"] = write_csv(out_dir / f"per_class_{split}.csv", pc)
+        metrics = {
+            "task": "cms-eval",
+            "cache": str(cfg.cache),
+            "cache_fingerprint": cache.fingerprint,
+            "n_concepts": len(cache.concepts),
+            "n_classes": len(cache.classes),
+            "normalize": normalize,
+            "device": device,
+            "config": _jsonable_config(cfg),
+            "metrics": flat,
+        }
+    table = pd.DataFrame(rows)
+    files["metrics"] = write_json(out_dir / "metrics.json", metrics)
+    files["table"] = write_csv(out_dir / "summary.csv", table)
+    return CmsEvalResult(table, metrics, files)
+
+
+# ------------------------------------------------------------------ evaluate
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    cache: Path  # the cache the head was fitted on (fingerprint checked)
+    head: Path  # head directory (model.safetensors + config.json from `fit-head`)
+    split: str = "test"  # split to evaluate (official test split by default)
+    out: Path | None = None  # output directory; None -> runs/eval/<head-dir-name>
+    chunk_size: int = 8192  # image rows per forward pass; memory ~ chunk * |D| * 4 bytes
+    device: str = "auto"  # auto | cpu | cuda; resolved at run time and recorded
+    progress: bool = True  # tqdm bar over chunks
+
+    def __post_init__(self):
+        _check_common(self)
+        object.__setattr__(self, "head", Path(self.head))
+
+    def out_dir(self) -> Path:
+        return self.out if self.out is not None else Path("runs/eval") / self.head.name
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    metrics: dict  # flat metric -> value (also in metrics.json under "metrics")
+    per_class: pd.DataFrame  # class_index, class, n, accuracy
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        shown = [v if isinstance(v, int) else f"{v:.4f}" for v in self.metrics.values()]
+        return pd.DataFrame({"metric": list(self.metrics), "value": shown}).to_string(index=False)
+
+
+def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
+    """Metrics, per-class table, confusion matrix and predictions of a head on one split."""
+    device = resolve_device(cfg.device)
+    out_dir = cfg.out_dir()
+    with open_cache(cfg.cache) as cache:
+        check_split_name(cache, cfg.split)
+        head = load_head(cfg.head, cache, device=device)  # HeadCacheMismatchError on mismatch
+        data = load_split(cache, cfg.split)
+        ev = evaluate_head(head, cache, data, chunk_size=cfg.chunk_size, progress=cfg.progress)
+        _, zs_top = zs_predict(data.image_emb, cache.class_emb(), chunk_size=cfg.chunk_size)
+        zs = classification_metrics(zs_top, data.labels, len(cache.classes))
+        metrics = {**ev.metrics, "zero_shot_top1": zs["top1"], "zero_shot_top5": zs["top5"]}
+        record = {
+            "task": "evaluate",
+            "head": str(cfg.head),
+            "head_kind": head.kind,
+            "split": cfg.split,
+            "cache": str(cfg.cache),
+            "cache_fingerprint": cache.fingerprint,
+            "device": device,
+            "config": _jsonable_config(cfg),
+            "metrics": metrics,
+        }
+        files = {
+            "metrics": write_json(out_dir / f"metrics_{cfg.split}.json", record),
+            "per_class": write_csv(out_dir / f"per_class_{cfg.split}.csv", ev.per_class),
+            "predictions": write_csv(out_dir / f"predictions_{cfg.split}.csv", ev.predictions),
+            "confusion_csv": write_csv(
+                out_dir / f"confusion_{cfg.split}.csv",
+                pd.DataFrame(ev.confusion, index=cache.classes, columns=cache.classes)
+                .rename_axis("true\\pred")
+                .reset_index(),
+            ),
+            "confusion_png": plot_confusion(
+                ev.confusion,
+                cache.classes,
+                out_dir / f"confusion_{cfg.split}.png",
+                title=f"{cfg.head.name} on {cfg.split} (top-1 {100 * ev.metrics['top1']:.2f}%)",
+            ),
+        }
+    return EvaluateResult(metrics, ev.per_class, files)
+
+
+# ------------------------------------------------------------------ explain
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    cache: Path  # embedding cache
+    index: int  # row of the split (0-based, counting every row of the split)
+    head: Path | None = None  # cbm head directory; None -> explain the CMS prediction
+    split: str = "test"  # split the row belongs to
+    out: Path | None = None  # bar chart .png (CSV beside it); None -> runs/explain/...
+    top_k: int = 10  # concepts in the table and the chart
+    normalize: str = "none"  # CMS only: none | sum | column | zscore
+    chunk_size: int = 4096  # CMS only: rows per pass for the column statistics
+    device: str = "auto"  # auto | cpu | cuda; resolved at run time and recorded
+
+    def __post_init__(self):
+        _check_common(self)
+        if self.head is not None:
+            object.__setattr__(self, "head", Path(self.head))
+        if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
+            raise ValueError(f"index must be an integer >= 0, got {self.index!r}")
+        check_positive_int("top_k", self.top_k)
+        check_choice("normalize", self.normalize, NORMALIZE_CHOICES)
+        if self.out is not None and self.out.suffix.lower() != ".png":
+            raise ValueError(f"out must be a .png path, got {str(self.out)!r}")
+
+    def out_path(self) -> Path:
+        if self.out is not None:
+            return self.out
+        who = self.head.name if self.head is not None else f"cms-{self.normalize}"
+        return Path("runs/explain") / who / f"{self.split}-{self.index}.png"
+
+
+@dataclass(frozen=True)
+class ExplainResult:
+    explanation: Explanation
+    id: str  # the image's id in the cache
+    label: str  # true class name
+    pred: str  # predicted class name
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        ex = self.explanation
+        what = "logit" if ex.method == "cbm" else "cos(V, T)"
+        head = f"image {self.id} (true: {self.label}) -> {self.pred} ({what} {ex.score:.4f}"
+        head += f", bias {ex.offset:.4f})" if ex.method == "cbm" else ")"
+        return head + "\n" + self.explanation.table.to_string(index=False, float_format="%.4f")
+
+
+def _explain_head(cfg, cache, data, pos, device) -> Explanation:
+    head = load_head(cfg.head, cache, device=device)
+    if head.kind != "cbm":
+        raise EvalInputError(
+            f"explain needs a concept-bottleneck head (kind 'cbm'); {cfg.head} is kind "
+            f"{head.kind!r}, which has no concepts. Use a cbm head, or omit --head for CMS."
+        )
+    a = head.activations(data.image_emb[pos : pos + 1], cache)[0]  # (|D|,)
+    fc = head.module.fc
+    return explain_cbm(a, fc.weight, fc.bias, cache.concepts, k=cfg.top_k)
+
+
+def run_explain(cfg: ExplainConfig) -> ExplainResult:
+    """Explain the prediction for row cfg.index of cfg.split; writes the PNG and a CSV."""
+    device = resolve_device(cfg.device)
+    with open_cache(cfg.cache) as cache:
+        data = load_split(cache, cfg.split)
+        pos = locate_row(data, cfg.index)
+        if cfg.head is not None:
+            ex = _explain_head(cfg, cache, data, pos, device)
+        else:
+            scorer = build_scorer(
+                data.image_emb,
+                cache.concept_emb(),
+                cache.class_emb(),
+                normalize=cfg.normalize,
+                chunk_size=cfg.chunk_size,
+                device=device,
+            )
+            ex = explain_cms_row(
+                scorer, torch.as_tensor(data.image_emb[pos]), cache.concepts, cfg.top_k
+            )
+        classes = cache.classes
+    png = cfg.out_path()
+    label, pred = classes[int(data.labels[pos])], classes[ex.pred]
+    title = f"{data.ids[pos]}: predicted {pred} (true {label}) — {ex.method}"
+    files = {
+        "png": plot_contributions(ex.table, title, png),
+        "csv": write_csv(png.with_suffix(".csv"), ex.table),
+    }
+    return ExplainResult(ex, str(data.ids[pos]), label, pred, files)

@@ -1,0 +1,146 @@
+"""Head artifacts (safetensors + JSON round trip) and the user-facing errors of fit-head."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cache import open_cache, write_cache
+from heads.artifact import HeadCacheMismatchError, HeadFormatError, load_head
+from heads.config import FitHeadConfig
+from heads.data import HeadDataError
+from heads.train import run
+from tests._planted import make_planted_cache, planted_arrays
+
+FAST = dict(batch_size=64, epochs=3, progress=False)
+
+
+@pytest.fixture(scope="module")
+def cache_path(tmp_path_factory):
+    return make_planted_cache(tmp_path_factory.mktemp("art") / "p.zarr", noise=1.0, seed=0)
+
+
+@pytest.mark.parametrize("loss", ["sparse", "probe", "zs-probe"])
+def test_save_load_round_trip_gives_identical_logits(cache_path, tmp_path, loss):
+    r = run(FitHeadConfig(cache=cache_path, out=tmp_path / "h", loss=loss, **FAST))
+    assert sorted(p.name for p in r.out_dir.iterdir()) == ["config.json", "model.safetensors"]
+    with open_cache(cache_path) as c:
+        x = c.split("test").valid().image_emb
+        head = load_head(r.out_dir, c)
+        again = load_head(r.out_dir, c)
+        logits = head.logits(x, c)
+        assert logits.shape == (len(x), len(c.classes)) and logits.dtype == torch.float32
+        assert torch.equal(logits, again.logits(x, c))
+        acc = (logits.argmax(1).numpy() == c.split("test").valid().labels).mean()
+        assert acc == pytest.approx(r.metrics["test"]["top1"], abs=1e-6)
+        acts = head.activations(x, c)
+        assert (acts is None) == (loss != "sparse")
+    cfg = json.loads((r.out_dir / "config.json").read_text())
+    for key in ("kind", "seed", "metrics", "validation", "cache_fingerprint", "n_concepts"):
+        assert key in cfg
+    assert cfg["hyperparameters"]["loss"] == loss
+
+
+def test_head_with_another_cache_is_a_clear_error(cache_path, tmp_path):
+    r = run(FitHeadConfig(cache=cache_path, out=tmp_path / "h", loss="l1", **FAST))
+    other = make_planted_cache(tmp_path / "other.zarr", noise=1.0, seed=1)  # same shapes
+    with open_cache(other) as c:
+        with pytest.raises(HeadCacheMismatchError, match="fingerprint .* another cache"):
+            load_head(r.out_dir, c)
+        head = load_head(r.out_dir)  # loading without a cache works; using it does not
+        with pytest.raises(HeadCacheMismatchError, match="fingerprint"):
+            head.logits(np.zeros((2, c.embed_dim), np.float32), c)
+    wider = make_planted_cache(tmp_path / "wide.zarr", n_concepts=30, seed=0)
+    with open_cache(wider) as c, pytest.raises(HeadCacheMismatchError, match=r"\|D\|.*= 24.*30"):
+        load_head(r.out_dir, c)
+
+
+def test_not_a_head_directory(tmp_path):
+    with pytest.raises(HeadFormatError, match="model.safetensors is missing"):
+        load_head(tmp_path)
+
+
+def test_refuses_a_non_empty_out_dir(cache_path, tmp_path):
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty.*--overwrite"):
+        run(FitHeadConfig(cache=cache_path, out=tmp_path / "h", loss="l1", **FAST))
+
+
+def _write(path, **replace):
+    arr = planted_arrays(n_train=40, n_test=20)
+    arr["splits"]["train"].update(replace)
+    kw = {k: arr[k] for k in ("concepts", "classes", "concept_emb", "class_emb")}
+    return write_cache(path, splits=arr["splits"], **kw)
+
+
+def test_empty_train_split(tmp_path):
+    n = 40
+    path = _write(tmp_path / "e.zarr", ok=np.zeros(n, bool))
+    with pytest.raises(HeadDataError, match="split 'train' .* is empty"):
+        run(FitHeadConfig(cache=path, out=tmp_path / "h", loss="l1", **FAST))
+
+
+def test_nan_embeddings(tmp_path):
+    emb = planted_arrays(n_train=40, n_test=20)["splits"]["train"]["image_emb"].copy()
+    emb[3, 0] = np.nan
+    path = _write(tmp_path / "n.zarr", image_emb=emb)
+    with pytest.raises(HeadDataError, match="NaN/inf embeddings"):
+        run(FitHeadConfig(cache=path, out=tmp_path / "h", loss="sparse", **FAST))
+
+
+def test_missing_split_and_missing_test_split(cache_path, tmp_path):
+    with pytest.raises(HeadDataError, match="no split 'nope'"):
+        run(FitHeadConfig(cache=cache_path, out=tmp_path / "a", train_split="nope", **FAST))
+    r = run(FitHeadConfig(cache=cache_path, out=tmp_path / "b", test_split="gone", **FAST))
+    assert "test" not in r.metrics and "val" in r.metrics  # skipped with a warning
+
+
+def test_concept_width_mismatch_is_a_clear_error():
+    from heads.psi import concept_logits
+
+    with pytest.raises(ValueError, match="E=32, concept_emb has E=16"):
+        concept_logits(torch.zeros(2, 32), torch.zeros(5, 16), 100.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"loss": "nope"}, "loss must be one of"),
+        ({"coupling": "both"}, "coupling must be one of"),
+        ({"lr_cbl": 0.0}, "lr_cbl must be > 0"),
+        ({"epochs": 0}, "epochs must be an integer >= 1"),
+        ({"val_fraction": 1.0}, r"val_fraction must be in \(0, 1\)"),
+        ({"tau_min": 2.0}, "tau_min .* must be <= tau_max"),
+        ({"hard": True, "variant": "reference"}, "hard=True needs variant='paper'"),
+        ({"device": "tpu"}, "device must be one of"),
+        ({"l2_grid": ()}, "l2_grid must be non-empty"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FitHeadConfig(cache="c.zarr", **kwargs)
+
+
+def test_default_out_dir_is_outside_the_package():
+    cfg = FitHeadConfig(cache="caches/cub.zarr", loss="sparse")
+    assert str(cfg.out_dir()) == "runs/heads/cub-sparse"
+
+
+def test_heads_never_imports_pipeline():
+    import pathlib
+
+    for f in pathlib.Path(__file__).parents[1].joinpath("heads").glob("*.py"):
+        src = f.read_text()
+        assert "import pipeline" not in src and "from pipeline" not in src, f
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fit_on_cuda_matches_the_cpu_contract(cache_path, tmp_path):
+    r = run(FitHeadConfig(cache=cache_path, out=tmp_path / "g", device="cuda", **FAST))
+    assert r.device.startswith("cuda") and r.metrics["test"]["top1"] > 0.5
+    with open_cache(cache_path) as c:
+        head = load_head(r.out_dir, c)  # loads on CPU by default
+        assert head.logits(c.split("test").valid().image_emb, c).device.type == "cpu"

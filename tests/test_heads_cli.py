@@ -1,0 +1,32 @@
+"""`cli.py fit-head` through typer's CliRunner on a tiny planted cache."""
+
+import json
+
+from typer.testing import CliRunner
+
+from cli import app
+from tests._planted import make_planted_cache
+
+runner = CliRunner()
+
+
+def test_fit_head_cli_writes_a_head_and_prints_the_table(tmp_path, monkeypatch):
+    cache = make_planted_cache(tmp_path / "tiny.zarr", n_train=200, n_test=50, noise=1.0)
+    monkeypatch.chdir(tmp_path)  # the default --out is relative: runs/heads/<cache>-<loss>
+    args = ["fit-head", "--cache", str(cache), "--loss", "l1", "--lambda", "1e-2", "--coupling",
+            "sequential", "--epochs", "3", "--batch-size", "32", "--no-progress"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "runs" / "heads" / "tiny-l1"
+    cfg = json.loads((out / "config.json").read_text())
+    hyper = cfg["hyperparameters"]
+    assert hyper["lam"] == 1e-2 and hyper["coupling"] == "sequential"
+    assert "head top-1" in res.output and "zero-shot top-1" in res.output
+    assert "test" in res.output and (out / "model.safetensors").is_file()
+
+    again = runner.invoke(app, args)  # same --out, not empty: a clean error, no traceback
+    assert again.exit_code == 2 and "--overwrite" in again.output
+
+    bad = runner.invoke(app, ["fit-head", "--cache", str(cache), "--loss", "sparse", "--hard",
+                              "--variant", "reference", "--no-progress"])  # fmt: skip
+    assert bad.exit_code == 2 and "hard=True needs variant='paper'" in bad.output

@@ -1,0 +1,182 @@
+"""Heads fitted on a planted-concept cache: accuracy, both layers training, couplings,
+explanations and sparsity (issue 3 correctness evidence)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cache import open_cache
+from heads.artifact import load_head
+from heads.config import FitHeadConfig
+from heads.data import carve_validation
+from heads.features import FEATURES
+from heads.losses import CBL_LOSSES
+from heads.model import ConceptBottleneck
+from heads.train import StepState, run, train_step
+from tests._planted import make_planted_cache, planted_from_cache
+
+N_CLASSES = 5
+CHANCE = 1 / N_CLASSES
+HEADS = ("l1", "contrastive", "sparse", "probe", "zs-probe")
+FIT = dict(batch_size=64, epochs=30, patience=10, progress=False)  # 540 fit rows: 9 steps/epoch
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("planted_heads")
+    path = make_planted_cache(root / "p.zarr", n_classes=N_CLASSES, noise=2.5, seed=0)
+    results = {
+        loss: run(FitHeadConfig(cache=path, out=root / loss, loss=loss, seed=0, **FIT))
+        for loss in HEADS
+    }
+    with open_cache(path) as c:
+        test = c.split("test").valid()
+        yield {
+            "cache": c,
+            "path": path,
+            "results": results,
+            "x": torch.from_numpy(test.image_emb),
+            "y": torch.from_numpy(test.labels),
+            "planted": planted_from_cache(c),
+        }
+
+
+def _acc(logits, y):
+    return (logits.argmax(1) == y).float().mean().item()
+
+
+@pytest.mark.parametrize("loss", HEADS)
+def test_every_head_beats_chance_by_a_wide_margin(planted, loss):
+    m = planted["results"][loss].metrics
+    assert m["val"]["top1"] >= 3 * CHANCE, m
+    assert m["test"]["top1"] >= 3 * CHANCE, m
+
+
+@pytest.mark.parametrize("loss", ("l1", "contrastive", "sparse"))
+def test_both_layers_train_and_the_fc_matters(planted, loss):
+    c, x, y = planted["cache"], planted["x"], planted["y"]
+    head = load_head(planted["results"][loss].out_dir, c)
+    change = head.config["fit"]["weight_change"]
+    assert change["cbl"] > 1e-3 and change["fc"] > 1e-3
+    fresh = ConceptBottleneck(len(c.concepts), len(c.classes))
+    assert not torch.allclose(head.module.fc.weight, fresh.fc.weight)
+    assert not torch.allclose(head.module.cbl.weight, fresh.cbl.weight)
+    acc = _acc(head.logits(x, c), y)
+    with torch.no_grad():
+        head.module.fc.weight.zero_()
+    acc_without_fc = _acc(head.logits(x, c), y)
+    assert acc_without_fc <= CHANCE + 0.05 < acc - 0.3
+
+
+@pytest.mark.parametrize("loss", ("l1", "contrastive", "sparse"))
+def test_planted_concepts_rank_in_the_top_explanations(planted, loss):
+    """Contributions W_F[y_hat] * a, averaged over correctly predicted test images of a class:
+    the class's planted concepts must be among its top-5 (|D| = 24, 3 planted per class)."""
+    c, x, y = planted["cache"], planted["x"], planted["y"]
+    head = load_head(planted["results"][loss].out_dir, c)
+    a, pred = head.activations(x, c), head.logits(x, c).argmax(1)
+    contrib = head.module.fc.weight[pred].detach() * a  # (N, |D|)
+    found = total = 0
+    for m, idx in planted["planted"].items():
+        sel = (y == m) & (pred == m)
+        top5 = set(contrib[sel].mean(0).topk(5).indices.tolist())
+        found, total = found + len(top5 & set(idx)), total + len(idx)
+    assert found / total >= 0.8, (found, total)
+
+
+def _sparsity(a: torch.Tensor) -> float:
+    """SPEC §2 activation sparsity: fraction of |a_j| <= 1e-3 * max_j |a_j|, per image."""
+    return (a.abs() <= 1e-3 * a.abs().amax(1, keepdim=True)).float().mean().item()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: the contrastive and Gumbel CBL losses are softmax-based, hence invariant "
+    "to shifting A (test_losses_are_invariant_to_a_constant_shift_of_a), so neither pulls "
+    "|a_j| towards 0; on planted caches both heads' activations are equally dense (~0.2% "
+    "near-zero). Strict: an XPASS means the finding changed.",
+)
+def test_sparse_head_activations_are_sparser_than_contrastive(planted):
+    c, x = planted["cache"], planted["x"]
+    sp = load_head(planted["results"]["sparse"].out_dir, c).activations(x, c)
+    co = load_head(planted["results"]["contrastive"].out_dir, c).activations(x, c)
+    assert _sparsity(sp) >= _sparsity(co) + 0.05
+
+
+def test_validation_split_is_seeded_from_train_and_recorded(planted):
+    cfg = planted["results"]["sparse"].out_dir / "config.json"
+    head = load_head(cfg.parent, planted["cache"])
+    val = head.config["validation"]
+    n_train = len(planted["cache"].split("train").valid().labels)
+    _, expected = carve_validation(n_train, 0.1, 0)
+    assert val["indices"] == expected.tolist() and val["seed"] == 0 and val["split"] == "train"
+    assert head.config["cache_fingerprint"] == planted["cache"].fingerprint
+
+
+def test_zs_probe_is_flagged_as_not_a_true_probe(planted):
+    r = planted["results"]["zs-probe"]
+    assert "not a true linear probe" in r.metrics["note"]
+    head = load_head(r.out_dir, planted["cache"])
+    assert head.kind == "zs-probe" and "not a true linear probe" in head.config["fit"]["note"]
+    assert load_head(planted["results"]["probe"].out_dir).config["fit"]["l2"] in FIT_GRID
+
+
+FIT_GRID = FitHeadConfig(cache="x").l2_grid
+
+
+def test_fit_is_deterministic(planted, tmp_path):
+    cfg = FitHeadConfig(cache=planted["path"], out=tmp_path / "again", loss="sparse", **FIT)
+    again = load_head(run(cfg).out_dir)
+    first = load_head(planted["results"]["sparse"].out_dir)
+    for k, v in first.module.state_dict().items():
+        assert torch.equal(v, again.module.state_dict()[k]), k
+
+
+class _GradOnly:
+    """Stands in for an optimizer: train_step zeroes and 'steps', we read the grads."""
+
+    def __init__(self, params):
+        self.params = list(params)
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("loss", "coupling", "ce_reaches_cbl"),
+    [
+        ("contrastive", "sequential", False),
+        ("contrastive", "joint", True),
+        ("sparse", "sequential", False),
+        ("l1", "sequential", True),  # l1-CBM: CE trains W_CBL in both couplings
+        ("l1", "joint", True),
+    ],
+)
+def test_coupling_decides_whether_ce_reaches_w_cbl(planted, loss, coupling, ce_reaches_cbl):
+    from heads.features import TextTensors
+
+    c = planted["cache"]
+    text = TextTensors.from_cache(c, "cpu")
+    data = type("D", (), {"text": text})()
+    cfg = FitHeadConfig(cache="x", loss=loss, coupling=coupling)
+    xb, yb = planted["x"][:16], planted["y"][:16]
+    torch.manual_seed(0)
+    model = ConceptBottleneck(len(c.concepts), len(c.classes))
+    with torch.no_grad():
+        model.fc.weight.normal_()  # a non-zero W_F so that CE has a gradient w.r.t. a
+    opts = [_GradOnly(model.parameters())]
+    state = lambda: StepState(1e-3, 0.5, torch.Generator().manual_seed(0), False, "paper")  # noqa: E731
+    train_step(model, opts, xb, yb, data, cfg, state())
+    got = model.cbl.weight.grad.clone()
+    a = model.activations(FEATURES["cbm"](xb, text))
+    l_cbl = CBL_LOSSES[loss](a, model, state())
+    ce = F.cross_entropy(model.fc(a), yb)
+    (only_cbl,) = torch.autograd.grad(l_cbl, model.cbl.weight, retain_graph=True)
+    (with_ce,) = torch.autograd.grad(l_cbl + ce, model.cbl.weight)
+    assert torch.allclose(got, with_ce if ce_reaches_cbl else only_cbl, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(only_cbl, with_ce, rtol=1e-4, atol=1e-6)
+    assert model.fc.weight.grad is not None and model.fc.weight.grad.abs().sum() > 0
