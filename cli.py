@@ -406,7 +406,7 @@ def fit_head(
         HeadLoss, typer.Option(help="CBL loss, or a baseline: probe | zs-probe.")
     ] = HeadLoss.sparse,
     out: Annotated[
-        Path | None, typer.Option(help="Head directory [default: runs/heads/<cache>-<loss>].")
+        Path | None, typer.Option(help="Head directory (default: runs/heads/<cache>-<loss>).")
     ] = None,
     coupling: Annotated[
         Coupling, typer.Option(help="sequential: FC on stopgrad(a); joint: CE reaches W_CBL.")
