@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import torch
 
+from heads.metrics import ranked
+
 EVAL_CHUNK = 16384  # rows per evaluation forward pass (bounds memory: chunk x features fp32)
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict:
-    """Per-sample top-k accuracy as a fraction in [0, 1] (k capped at |C|), plus n = rows."""
+    """Per-sample top-k accuracy as a fraction in [0, 1] (k capped at |C|), plus n = rows.
+
+    Ranks with `heads.metrics.ranked` (ties -> lowest class index) so `fit-head` and
+    `evaluate` agree exactly; the mean is taken in fp64.
+    """
     out = {"n": int(labels.shape[0])}
+    top = ranked(logits, max(ks))
     for k in ks:
-        top = logits.topk(min(k, logits.shape[1]), dim=1).indices
-        out[f"top{k}"] = (top == labels[:, None]).any(dim=1).float().mean().item()
+        out[f"top{k}"] = (top[:, :k] == labels[:, None]).any(dim=1).double().mean().item()
     return out
 
 
