@@ -434,6 +434,13 @@ def fit_head(
     cbl_init: Annotated[
         CblInit, typer.Option(help="identity (a = psi at init) | random (nn.Linear default).")
     ] = CblInit.identity,
+    topk: Annotated[
+        int,
+        typer.Option(
+            help="Keep each image's k largest CBL activations, zero the rest (0 = off, SPEC §2). "
+            "Opt-in exact sparsity: the SPEC losses do not make activations sparse."
+        ),
+    ] = 0,
     device: Annotated[HeadDevice, typer.Option(help="auto = cuda when available.")] = (
         HeadDevice.auto
     ),
@@ -455,7 +462,7 @@ def fit_head(
             lr_cbl=lr_cbl, lr_fc=lr_fc, optimizer=optimizer.value, weight_decay=weight_decay,
             epochs=epochs, batch_size=batch_size, val_fraction=val_fraction, patience=patience,
             seed=seed, tau_max=tau_max, tau_min=tau_min, hard=hard, variant=variant.value,
-            cbl_init=cbl_init.value, device=device.value, train_split=train_split,
+            cbl_init=cbl_init.value, topk=topk, device=device.value, train_split=train_split,
             test_split=test_split, overwrite=overwrite, progress=progress,
         )  # fmt: skip
         result = run(cfg)

@@ -37,7 +37,7 @@ class HeadFormatError(ValueError):
 
 
 MODULE_BUILDERS: dict[str, Callable[[dict], nn.Module]] = {
-    "cbm": lambda c: ConceptBottleneck(c["n_concepts"], c["n_classes"]),
+    "cbm": lambda c: ConceptBottleneck(c["n_concepts"], c["n_classes"], topk=int(c.get("topk", 0))),
     "probe": lambda c: nn.Linear(c["embed_dim"], c["n_classes"]),
     "zs-probe": lambda c: nn.Linear(c["n_classes"], c["n_classes"]),
 }

@@ -36,6 +36,7 @@ class FitHeadConfig:
     lr_cbl: float = 1e-3  # learning rate of the optimizer that owns W_CBL (and alpha_c)
     lr_fc: float = 1e-3  # learning rate of the optimizer that owns W_F and its bias
     cbl_init: str = "identity"  # identity (a = psi at init) | random (nn.Linear default)
+    topk: int = 0  # > 0: keep each image's topk largest CBL activations (opt-in, not SPEC §2)
     optimizer: str = "adam"  # adam | adamw, for both optimizers
     weight_decay: float = 0.0  # decoupled (adamw) or L2 (adam) weight decay, both optimizers
     lam: float = 1e-3  # l1 strength lambda: loss term (lambda / |D|) * ||W_CBL||_1
@@ -74,6 +75,13 @@ class FitHeadConfig:
         for name in ("epochs", "batch_size", "patience", "probe_max_iter"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if isinstance(self.topk, bool) or not isinstance(self.topk, int) or self.topk < 0:
+            raise ValueError(f"topk must be an integer >= 0 (0 = off), got {self.topk!r}")
+        if self.topk and self.loss not in CBM_LOSSES:
+            raise ValueError(
+                f"topk applies to the CBL of a concept-bottleneck head ({', '.join(CBM_LOSSES)}); "
+                f"loss {self.loss!r} has no CBL"
+            )
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if self.tau_min > self.tau_max:

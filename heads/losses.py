@@ -16,6 +16,15 @@ all B images; rows/columns without a positive (k >= K) do not contribute.
   sample is 0 or +inf, so the hard objective is the sampled mis-assignment rate
   1/2 [mean_k (1 - y_st_rows[k, k]) + mean_k (1 - y_st_cols[k, k])], whose gradient is the
   soft sample's (straight-through estimator).
+
+Sparsity (a finding, tested in tests/test_heads_losses.py and tests/test_heads_planted.py):
+the positives are "image k <-> concept k" by batch position, and batches are shuffled, so
+over an epoch each image is paired with a uniformly random concept. The expected contrastive
+and Gumbel losses are then cross-entropies against a *uniform* target, which dense, equal
+activations minimise and a peaked (sparse) row is penalised for. Neither loss therefore makes
+`a` sparser than the other (thesis §4.5 expects Sparse-CBM to); the fitted heads are equally
+dense. `fit-head --topk k` (heads/model.py) is the opt-in bottleneck for exactly k active
+concepts per image.
 """
 
 from __future__ import annotations

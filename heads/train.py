@@ -137,7 +137,7 @@ def fit_cbm(data: HeadData, config: FitHeadConfig, device) -> tuple[ConceptBottl
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = ConceptBottleneck(
-            len(data.text.concept_emb), data.n_classes, cbl_init=config.cbl_init
+            len(data.text.concept_emb), data.n_classes, cbl_init=config.cbl_init, topk=config.topk
         ).to(device)
     init = {k: v.detach().clone() for k, v in model.state_dict().items()}
     opts = make_optimizers(model, config)
@@ -214,6 +214,7 @@ def _head_config(config, cache, data: HeadData, device, metrics, info) -> dict:
         "n_concepts": len(cache.concepts),
         "n_classes": len(cache.classes),
         "embed_dim": int(cache.embed_dim),
+        "topk": config.topk,  # rebuilds the CBM's TopK bottleneck on load (0 = off)
         "cache_fingerprint": cache.fingerprint,
         "cache_path": str(cache.path),
         "validation": {

@@ -116,11 +116,41 @@ def test_concept_width_mismatch_is_a_clear_error():
         ({"hard": True, "variant": "reference"}, "hard=True needs variant='paper'"),
         ({"device": "tpu"}, "device must be one of"),
         ({"l2_grid": ()}, "l2_grid must be non-empty"),
+        ({"topk": -1}, "topk must be an integer >= 0"),
+        ({"topk": 3, "loss": "probe"}, "topk applies to the CBL"),
     ],
 )
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FitHeadConfig(cache="c.zarr", **kwargs)
+
+
+def test_topk_bottleneck_keeps_exactly_k_activations_and_their_gradient():
+    from heads.model import ConceptBottleneck
+
+    torch.manual_seed(0)
+    m = ConceptBottleneck(6, 3, cbl_init="random", topk=2)
+    psi = torch.randn(5, 6)
+    a = m.activations(psi)
+    full = m.cbl(psi)
+    assert ((a != 0).sum(1) == 2).all()
+    kept = full.topk(2, dim=1).indices
+    assert torch.equal(a.gather(1, kept), full.gather(1, kept))
+    a.sum().backward()  # only the kept entries pass gradient back to W_CBL's rows
+    hit = torch.zeros(6, dtype=torch.bool).scatter(0, kept.flatten(), True)
+    assert (m.cbl.weight.grad[~hit] == 0).all() and (m.cbl.weight.grad[hit] != 0).any()
+    with pytest.raises(ValueError, match=r"topk must be an integer in \[0, \|D\|\) = \[0, 6\)"):
+        ConceptBottleneck(6, 3, topk=6)
+
+
+def test_topk_head_round_trips_and_too_large_topk_is_a_clear_error(cache_path, tmp_path):
+    r = run(FitHeadConfig(cache=cache_path, out=tmp_path / "h", loss="sparse", topk=3, **FAST))
+    with open_cache(cache_path) as c:
+        head = load_head(r.out_dir, c)
+        acts = head.activations(c.split("test").valid().image_emb, c)
+        assert head.module.topk == 3 and ((acts != 0).sum(1) <= 3).all()
+        with pytest.raises(ValueError, match="topk must be an integer in"):
+            run(FitHeadConfig(cache=cache_path, out=tmp_path / "g", topk=len(c.concepts), **FAST))
 
 
 def test_default_out_dir_is_outside_the_package():

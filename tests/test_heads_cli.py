@@ -30,3 +30,13 @@ def test_fit_head_cli_writes_a_head_and_prints_the_table(tmp_path, monkeypatch):
     bad = runner.invoke(app, ["fit-head", "--cache", str(cache), "--loss", "sparse", "--hard",
                               "--variant", "reference", "--no-progress"])  # fmt: skip
     assert bad.exit_code == 2 and "hard=True needs variant='paper'" in bad.output
+
+    top = runner.invoke(app, ["fit-head", "--cache", str(cache), "--topk", "3", "--epochs", "2",
+                              "--out", "topk", "--no-progress"])  # fmt: skip
+    assert top.exit_code == 0, top.output
+    assert json.loads((tmp_path / "topk" / "config.json").read_text())["topk"] == 3
+    too_big = runner.invoke(app, ["fit-head", "--cache", str(cache), "--topk", "24",
+                                  "--out", "big", "--no-progress"])  # fmt: skip
+    assert too_big.exit_code == 2 and "topk must be an integer in [0, |D|) = [0, 24)" in (
+        too_big.output
+    )

@@ -1,5 +1,6 @@
 """CBL losses (SPEC §2) against hand-computed values on a 2 x 3 activation matrix."""
 
+import itertools
 import math
 
 import pytest
@@ -95,6 +96,35 @@ def test_losses_are_invariant_to_a_constant_shift_of_a():
         assert gumbel_contrastive_loss(A + shift, 0.7, 0.3, gen()).item() == pytest.approx(
             gumbel_contrastive_loss(A, 0.7, 0.3, gen()).item(), rel=1e-5
         )
+
+
+def _expected_over_pairings(loss_fn, a: torch.Tensor) -> float:
+    """Mean loss over every order of the batch rows: shuffling makes the diagonal pairing
+    image k <-> concept k uniformly random, and this is the loss's expectation under it."""
+    perms = list(itertools.permutations(range(a.shape[0])))
+    return sum(loss_fn(a[list(p)]) for p in perms) / len(perms)
+
+
+@pytest.mark.parametrize("loss", ("contrastive", "sparse"))
+def test_under_shuffled_batches_the_losses_prefer_dense_over_sparse_activations(loss):
+    """Why `--loss sparse` is not sparser than `--loss contrastive` (heads/losses.py, Sparsity):
+    averaged over the random pairings that shuffling produces, both losses score equal (dense)
+    activations at their minimum log|D| and peaked one-concept-per-image (sparse) rows higher."""
+    n = 4
+    sparse = 3.0 * torch.eye(n)  # each image activates one concept
+    dense = torch.full((n, n), 3.0 / n)  # the same total activation, spread evenly
+    if loss == "contrastive":
+        fn = lambda a: contrastive_loss(a, 1.0).item()  # noqa: E731
+    else:
+
+        def fn(a):  # Gumbel expectation by Monte Carlo with a fixed generator
+            g = torch.Generator().manual_seed(0)
+            return sum(gumbel_contrastive_loss(a, 1.0, 0.5, g).item() for _ in range(200)) / 200
+
+    e_sparse, e_dense = _expected_over_pairings(fn, sparse), _expected_over_pairings(fn, dense)
+    if loss == "contrastive":
+        assert e_dense == pytest.approx(math.log(n), rel=1e-6)
+    assert e_sparse > e_dense + 0.5, (e_sparse, e_dense)
 
 
 def test_tau_schedule_endpoints_and_geometric_midpoint():
