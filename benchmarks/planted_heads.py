@@ -31,7 +31,7 @@ from heads.artifact import load_head  # noqa: E402
 from heads.config import FitHeadConfig  # noqa: E402
 from heads.metrics import activation_sparsity, mean_of  # noqa: E402
 from heads.train import run  # noqa: E402
-from tests._planted import N_TEST, N_TRAIN, make_planted_cache  # noqa: E402
+from tests._planted import N_TEST, N_TRAIN, make_planted_cache, planted_from_cache  # noqa: E402
 
 # name -> FitHeadConfig overrides; the defaults are fit-head's (joint coupling, identity init)
 HEADS = {
@@ -42,9 +42,24 @@ HEADS = {
     "sparse-sequential": dict(loss="sparse", coupling="sequential"),
     "sparse-topk5": dict(loss="sparse", topk=5),
     "l1-topk5": dict(loss="l1", topk=5),
+    "sparse-random-init": dict(loss="sparse", cbl_init="random"),
     "probe": dict(loss="probe"),
     "zs-probe": dict(loss="zs-probe"),
 }
+
+
+def planted_recall(contrib, pred, labels, planted, k: int = 5) -> float:
+    """Fraction of planted concepts among the k largest mean contributions W_F[y_hat] * a over
+    each class's correctly predicted test images (the explanation check of the tests)."""
+    labels = torch.as_tensor(labels)
+    found = total = 0
+    for m, idx in planted.items():
+        sel = (labels == m) & (pred == m)
+        if sel.any():
+            top = set(contrib[sel].mean(0).topk(k).indices.tolist())
+            found += len(top & set(idx))
+        total += len(idx)
+    return found / total
 
 
 def main() -> None:
@@ -81,11 +96,17 @@ def main() -> None:
                 "seconds": round(time.perf_counter() - t0, 2),
             }
             with open_cache(path) as c:
-                a = load_head(r.out_dir, c).activations(c.split("test").valid().image_emb, c)
-            if a is not None:
-                s = activation_sparsity(a)
-                row["act_sparsity"] = mean_of([s["sparsity"]])
-                row["active_concepts"] = mean_of([s["l0_eff"]])
+                test = c.split("test").valid()
+                head = load_head(r.out_dir, c)
+                a = head.activations(test.image_emb, c)
+                if a is not None:
+                    s = activation_sparsity(a)
+                    row["act_sparsity"] = mean_of([s["sparsity"]])
+                    row["active_concepts"] = mean_of([s["l0_eff"]])
+                    pred = head.logits(test.image_emb, c).argmax(1)
+                    row["planted_in_top5"] = planted_recall(
+                        head.module.fc.weight[pred] * a, pred, test.labels, planted_from_cache(c)
+                    )
             rows[name] = row
             print(f"{name:<24} " + "  ".join(f"{k} {v:.4g}" for k, v in row.items()), flush=True)
     result = {
