@@ -25,6 +25,9 @@ app.add_typer(cache_app, name="cache")
 
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+Device = Annotated[
+    str, typer.Option(help="auto | cpu | cuda | cuda:N (auto = cuda when one is visible).")
+]
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -86,7 +89,7 @@ def embed(
             help="Storage; default from --out's suffix (.h5 -> hdf5, else zarr)."
         ),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    device: Device = "auto",
     dtype: Annotated[
         DType, typer.Option(help="Compute dtype; auto = fp16 on GPU, fp32 on CPU.")
     ] = DType.auto,
@@ -293,7 +296,7 @@ def concepts(
     min_mean_sim: Annotated[
         float | None, typer.Option(help="Rule 4 (off by default): drop mean cosine < this.")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    device: Device = "auto",
     batch_size: Annotated[int, typer.Option(help="Texts per similarity-model batch.")] = 64,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
     progress: Progress = True,
@@ -375,12 +378,6 @@ class HeadOptimizer(str, Enum):
     adamw = "adamw"
 
 
-class HeadDevice(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
 class CblInit(str, Enum):
     identity = "identity"
     random = "random"
@@ -441,9 +438,7 @@ def fit_head(
             "Opt-in exact sparsity: the SPEC losses do not make activations sparse."
         ),
     ] = 0,
-    device: Annotated[HeadDevice, typer.Option(help="auto = cuda when available.")] = (
-        HeadDevice.auto
-    ),
+    device: Device = "auto",
     train_split: Annotated[str, typer.Option(help="Cache split to train on.")] = "train",
     test_split: Annotated[str, typer.Option(help="Cache split to report on.")] = "test",
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
@@ -462,7 +457,7 @@ def fit_head(
             lr_cbl=lr_cbl, lr_fc=lr_fc, optimizer=optimizer.value, weight_decay=weight_decay,
             epochs=epochs, batch_size=batch_size, val_fraction=val_fraction, patience=patience,
             seed=seed, tau_max=tau_max, tau_min=tau_min, hard=hard, variant=variant.value,
-            cbl_init=cbl_init.value, topk=topk, device=device.value, train_split=train_split,
+            cbl_init=cbl_init.value, topk=topk, device=device, train_split=train_split,
             test_split=test_split, overwrite=overwrite, progress=progress,
         )  # fmt: skip
         result = run(cfg)
@@ -485,15 +480,8 @@ class CmsNormalize(str, Enum):
     zscore = "zscore"
 
 
-class EvalDevice(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
 EvalCache = Annotated[Path, typer.Option(help="Embedding cache (zarr directory or .h5 file).")]
 EvalChunk = Annotated[int, typer.Option(help="Image rows per matmul (bounds memory).")]
-EvalDeviceOpt = Annotated[EvalDevice, typer.Option(help="auto = cuda when available.")]
 NormalizeOpt = Annotated[
     CmsNormalize,
     typer.Option(help="CMS column normalisation; sum = none (row scaling keeps every cosine)."),
@@ -512,7 +500,7 @@ def cms_eval(
     ] = None,
     chunk_size: EvalChunk = 4096,
     top_concepts: Annotated[int, typer.Option(help="Concepts per image in the CSV.")] = 5,
-    device: EvalDeviceOpt = EvalDevice.auto,
+    device: Device = "auto",
     progress: Progress = True,
     verbose: Verbose = False,
 ) -> None:
@@ -524,7 +512,7 @@ def cms_eval(
     try:
         cfg = CmsEvalConfig(
             cache=cache, normalize=normalize.value, splits=tuple(split or ("test",)), out=out,
-            chunk_size=chunk_size, top_concepts=top_concepts, device=device.value,
+            chunk_size=chunk_size, top_concepts=top_concepts, device=device,
             progress=progress,
         )  # fmt: skip
         result = run_cms_eval(cfg)
@@ -543,7 +531,7 @@ def evaluate_cmd(
         Path | None, typer.Option(help="Output directory (default: runs/eval/<head-name>).")
     ] = None,
     chunk_size: EvalChunk = 8192,
-    device: EvalDeviceOpt = EvalDevice.auto,
+    device: Device = "auto",
     progress: Progress = True,
     verbose: Verbose = False,
 ) -> None:
@@ -555,7 +543,7 @@ def evaluate_cmd(
     try:
         cfg = EvaluateConfig(
             cache=cache, head=head, split=split, out=out, chunk_size=chunk_size,
-            device=device.value, progress=progress,
+            device=device, progress=progress,
         )  # fmt: skip
         result = run_evaluate(cfg)
     except (ValueError, CacheError) as e:
@@ -577,7 +565,7 @@ def explain_cmd(
     ] = None,
     top_k: Annotated[int, typer.Option(help="Concepts shown.")] = 10,
     normalize: NormalizeOpt = CmsNormalize.none,
-    device: EvalDeviceOpt = EvalDevice.auto,
+    device: Device = "auto",
     verbose: Verbose = False,
 ) -> None:
     """Top concepts of one prediction (cbm head, or CMS) as a table, CSV and bar chart PNG."""
@@ -588,7 +576,7 @@ def explain_cmd(
     try:
         cfg = ExplainConfig(
             cache=cache, index=index, head=head, split=split, out=out, top_k=top_k,
-            normalize=normalize.value, device=device.value,
+            normalize=normalize.value, device=device,
         )  # fmt: skip
         result = run_explain(cfg)
     except (ValueError, CacheError) as e:

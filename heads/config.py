@@ -6,13 +6,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from heads.device import check_device
+
 LOSSES = ("l1", "contrastive", "sparse", "probe", "zs-probe")
 CBM_LOSSES = ("l1", "contrastive", "sparse")
 COUPLINGS = ("sequential", "joint")
 OPTIMIZERS = ("adam", "adamw")
 VARIANTS = ("paper", "reference")
 CBL_INITS = ("identity", "random")
-DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 
 
@@ -49,7 +50,7 @@ class FitHeadConfig:
     tau_min: float = 0.1  # Gumbel temperature at the last step (exponential schedule)
     hard: bool = False  # straight-through one-hot Gumbel samples (sparse, paper variant)
     variant: str = "paper"  # sparse loss form: paper (eq. 9-10) | reference (published code)
-    device: str = "auto"  # auto | cpu | cuda; auto is resolved at run time and recorded
+    device: str = "auto"  # auto | cpu | cuda | cuda:N; auto is resolved at run time and recorded
     progress: bool = True  # tqdm progress bar per epoch
     train_split: str = "train"  # cache split to train on (validation is carved from it)
     test_split: str | None = "test"  # cache split to report on; skipped when the cache lacks it
@@ -67,7 +68,7 @@ class FitHeadConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("variant", self.variant, VARIANTS)
         _choice("cbl_init", self.cbl_init, CBL_INITS)
-        _choice("device", self.device, DEVICES)
+        check_device(self.device)
         for name in ("lr_cbl", "lr_fc", "tau_max", "tau_min"):
             _positive(name, getattr(self, name))
         for name in ("weight_decay", "lam"):

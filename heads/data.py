@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from heads.evaldata import load_split as load_split_checked
 from heads.features import TextTensors
 
 log = logging.getLogger(__name__)
@@ -59,37 +60,15 @@ def _check_text(cache) -> None:
         )
 
 
-def load_split(cache, name: str, n_classes: int, device) -> SplitTensors:
-    """Valid rows of split `name`, checked, as fp32/int64 tensors on `device`."""
-    if name not in cache.splits:
-        raise HeadDataError(f"cache {cache.path} has no split {name!r}; it has {cache.splits}")
-    sd = cache.split(name)
-    rows = np.flatnonzero(sd.ok)
-    if len(rows) < len(sd.ok):
-        sd = sd.valid()
-    if len(rows) == 0:
-        raise HeadDataError(
-            f"split {name!r} of cache {cache.path} is empty ({len(sd.ok)} rows, 0 with ok=True); "
-            "embed the split first or choose another with --train-split / --test-split"
-        )
-    emb = np.asarray(sd.image_emb, dtype=np.float32)
-    finite = np.isfinite(emb).all(axis=1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        raise HeadDataError(
-            f"split {name!r} of cache {cache.path} has {len(bad)} rows with NaN/inf embeddings "
-            f"(first at valid row {bad[0]}); re-embed them or mark them ok=False"
-        )
-    labels = np.asarray(sd.labels, dtype=np.int64)
-    if labels.min() < 0 or labels.max() >= n_classes:
-        raise HeadDataError(
-            f"split {name!r} has labels in [{labels.min()}, {labels.max()}] but the cache has "
-            f"{n_classes} classes; labels must be in [0, {n_classes})"
-        )
+def load_split(cache, name: str, device) -> SplitTensors:
+    """Valid rows of split `name`, checked by the one stage-two reader, as tensors on `device`."""
+    sd = load_split_checked(
+        cache, name, error=HeadDataError, hint="Choose another with --train-split / --test-split."
+    )
     return SplitTensors(
-        x=torch.from_numpy(emb).to(device),
-        y=torch.from_numpy(labels).to(device),
-        rows=rows,
+        x=torch.from_numpy(sd.image_emb).to(device),
+        y=torch.from_numpy(sd.labels).to(device),
+        rows=sd.rows,
     )
 
 
@@ -109,11 +88,11 @@ def load_data(cache, config, device) -> HeadData:
     """Everything a fit needs, on `device`; see the module docstring."""
     _check_text(cache)
     n_classes = len(cache.classes)
-    train = load_split(cache, config.train_split, n_classes, device)
+    train = load_split(cache, config.train_split, device)
     fit_idx, val_idx = carve_validation(len(train.rows), config.val_fraction, config.seed)
     test = None
     if config.test_split is not None and config.test_split in cache.splits:
-        test = load_split(cache, config.test_split, n_classes, device)
+        test = load_split(cache, config.test_split, device)
     elif config.test_split is not None:
         log.warning("cache has no %r split; test metrics are skipped", config.test_split)
     return HeadData(

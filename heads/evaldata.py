@@ -15,11 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 log = logging.getLogger(__name__)
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class EvalInputError(ValueError):
@@ -41,11 +38,11 @@ class EvalSplit:
         return len(self.labels)
 
 
-def check_split_name(cache, split: str) -> None:
+def check_split_name(cache, split: str, *, error=EvalInputError, hint: str = "") -> None:
     if split not in cache.splits:
-        raise EvalInputError(
+        raise error(
             f"split {split!r} is not in cache {cache.path}; it has {cache.splits}. "
-            "Pass --split with one of those."
+            + (hint or "Pass --split with one of those.")
         )
 
 
@@ -53,20 +50,25 @@ def _first_ids(ids: np.ndarray, mask: np.ndarray, k: int = 3) -> str:
     return ", ".join(str(i) for i in ids[mask][:k])
 
 
-def load_split(cache, split: str) -> EvalSplit:
-    """Read a split whole and check it (non-empty, finite, labels in range)."""
-    check_split_name(cache, split)
+def load_split(cache, split: str, *, error=EvalInputError, hint: str = "") -> EvalSplit:
+    """Read a split whole and check it (known, non-empty, finite, labels in range).
+
+    The one checked reader of stage two: evaluation uses it as is, training (heads.data) with
+    its own error class and a hint naming its options. Rows with ok=False are skipped.
+    """
+    check_split_name(cache, split, error=error, hint=hint)
     data = cache.split(split)
     rows = np.flatnonzero(data.ok)
     emb, labels, ids = data.image_emb[rows], data.labels[rows], data.ids[rows]
     if len(rows) == 0:
-        raise EvalInputError(
+        raise error(
             f"split {split!r} of cache {cache.path} has no valid rows ({len(data.ok)} rows, "
-            f"{int((~data.ok).sum())} unreadable); nothing to evaluate — check the `embed` run"
+            f"{int((~data.ok).sum())} unreadable); check the `embed` run"
+            + (f" or {hint[0].lower()}{hint[1:]}" if hint else "")
         )
     bad = ~np.isfinite(emb).all(1)
     if bad.any():
-        raise EvalInputError(
+        raise error(
             f"split {split!r} of cache {cache.path} has {int(bad.sum())} row(s) with non-finite "
             f"(NaN/inf) embeddings, e.g. ids {_first_ids(ids, bad)}; the cache is corrupt — "
             f"check it with `python cli.py cache verify {cache.path}` and re-run `embed`"
@@ -74,7 +76,7 @@ def load_split(cache, split: str) -> EvalSplit:
     n_classes = len(cache.classes)
     out = (labels < 0) | (labels >= n_classes)
     if out.any():
-        raise EvalInputError(
+        raise error(
             f"split {split!r} has labels outside 0..{n_classes - 1} (|C| = {n_classes}), e.g. ids "
             f"{_first_ids(ids, out)}; the class list and the labels do not match"
         )
@@ -97,15 +99,6 @@ def locate_row(split: EvalSplit, index: int) -> int:
             "it has no embedding — pick another --index"
         )
     return int(pos)
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when available else 'cpu'; 'cuda' without a GPU is an error."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise EvalInputError("device='cuda' was asked for but no CUDA device is available; use cpu")
-    return device
 
 
 def check_choice(name: str, value, allowed) -> None:

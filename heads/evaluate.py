@@ -27,8 +27,8 @@ from cache import open_cache
 from heads.artifact import load_head
 from heads.cms import NORMALIZE_CHOICES, build_scorer, cms_predict, resolve_normalize
 from heads.cms import zero_shot_predict as zs_predict
+from heads.device import check_device, resolve_device
 from heads.evaldata import (
-    DEVICES,
     EvalInputError,
     check_choice,
     check_positive_int,
@@ -36,7 +36,6 @@ from heads.evaldata import (
     load_split,
     locate_row,
     percent_table,
-    resolve_device,
     write_csv,
     write_json,
 )
@@ -58,7 +57,7 @@ def _check_common(cfg) -> None:
     object.__setattr__(cfg, "cache", Path(cfg.cache))
     if cfg.out is not None:
         object.__setattr__(cfg, "out", Path(cfg.out))
-    check_choice("device", cfg.device, DEVICES)
+    check_device(cfg.device)
     check_positive_int("chunk_size", cfg.chunk_size)
 
 
@@ -73,7 +72,7 @@ class CmsEvalConfig:
     out: Path | None = None  # output directory; None -> runs/cms/<cache-stem>
     chunk_size: int = 4096  # image rows per matmul; memory ~ chunk * (|D| + |C|) * 4 bytes
     top_concepts: int = 5  # contributing concepts per image in the predictions CSV
-    device: str = "auto"  # auto | cpu | cuda; resolved at run time and recorded
+    device: str = "auto"  # auto | cpu | cuda | cuda:N; resolved at run time and recorded
     progress: bool = True  # tqdm bar over chunks
 
     def __post_init__(self):
@@ -151,7 +150,7 @@ def _cms_one_split(cfg, cache, split, normalize, device, text):
 
 def run_cms_eval(cfg: CmsEvalConfig) -> CmsEvalResult:
     """CMS and zero-shot on each split of cfg.splits; writes CSVs + metrics.json to out_dir."""
-    device = resolve_device(cfg.device)
+    device = str(resolve_device(cfg.device))
     normalize = resolve_normalize(cfg.normalize)
     out_dir = cfg.out_dir()
     rows, flat, files = [], {}, {}
@@ -192,7 +191,7 @@ class EvaluateConfig:
     split: str = "test"  # split to evaluate (official test split by default)
     out: Path | None = None  # output directory; None -> runs/eval/<head-dir-name>
     chunk_size: int = 8192  # image rows per forward pass; memory ~ chunk * |D| * 4 bytes
-    device: str = "auto"  # auto | cpu | cuda; resolved at run time and recorded
+    device: str = "auto"  # auto | cpu | cuda | cuda:N; resolved at run time and recorded
     progress: bool = True  # tqdm bar over chunks
 
     def __post_init__(self):
@@ -216,7 +215,7 @@ class EvaluateResult:
 
 def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     """Metrics, per-class table, confusion matrix and predictions of a head on one split."""
-    device = resolve_device(cfg.device)
+    device = str(resolve_device(cfg.device))
     out_dir = cfg.out_dir()
     with open_cache(cfg.cache) as cache:
         check_split_name(cache, cfg.split)
@@ -270,7 +269,7 @@ class ExplainConfig:
     top_k: int = 10  # concepts in the table and the chart
     normalize: str = "none"  # CMS only: none | sum | column | zscore
     chunk_size: int = 4096  # CMS only: rows per pass for the column statistics
-    device: str = "auto"  # auto | cpu | cuda; resolved at run time and recorded
+    device: str = "auto"  # auto | cpu | cuda | cuda:N; resolved at run time and recorded
 
     def __post_init__(self):
         _check_common(self)
@@ -320,7 +319,7 @@ def _explain_head(cfg, cache, data, pos, device) -> Explanation:
 
 def run_explain(cfg: ExplainConfig) -> ExplainResult:
     """Explain the prediction for row cfg.index of cfg.split; writes the PNG and a CSV."""
-    device = resolve_device(cfg.device)
+    device = str(resolve_device(cfg.device))
     with open_cache(cfg.cache) as cache:
         data = load_split(cache, cfg.split)
         pos = locate_row(data, cfg.index)

@@ -26,6 +26,7 @@ from heads.artifact import Head, save_head
 from heads.baselines import BASELINE_TRAINERS, zero_shot_metrics
 from heads.config import FitHeadConfig
 from heads.data import HeadData, load_data
+from heads.device import resolve_device
 from heads.features import FEATURES
 from heads.losses import CBL_LOSSES, tau_schedule
 from heads.model import ConceptBottleneck
@@ -74,15 +75,6 @@ def flush_denormals():
         yield
     finally:
         torch.set_flush_denormal(False)
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto -> cuda when available else cpu; cuda without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was requested but no CUDA GPU is visible; use cpu")
-    return torch.device(name)
 
 
 def make_optimizers(model: ConceptBottleneck, config: FitHeadConfig):

@@ -78,7 +78,8 @@ def _write(path, **replace):
 def test_empty_train_split(tmp_path):
     n = 40
     path = _write(tmp_path / "e.zarr", ok=np.zeros(n, bool))
-    with pytest.raises(HeadDataError, match="split 'train' .* is empty"):
+    msg = r"split 'train' .* has no valid rows \(40 rows, 40 unreadable\).*--train-split"
+    with pytest.raises(HeadDataError, match=msg):
         run(FitHeadConfig(cache=path, out=tmp_path / "h", loss="l1", **FAST))
 
 
@@ -86,12 +87,13 @@ def test_nan_embeddings(tmp_path):
     emb = planted_arrays(n_train=40, n_test=20)["splits"]["train"]["image_emb"].copy()
     emb[3, 0] = np.nan
     path = _write(tmp_path / "n.zarr", image_emb=emb)
-    with pytest.raises(HeadDataError, match="NaN/inf embeddings"):
+    with pytest.raises(HeadDataError, match=r"1 row\(s\) with non-finite \(NaN/inf\) embeddings"):
         run(FitHeadConfig(cache=path, out=tmp_path / "h", loss="sparse", **FAST))
 
 
 def test_missing_split_and_missing_test_split(cache_path, tmp_path):
-    with pytest.raises(HeadDataError, match="no split 'nope'"):
+    msg = "split 'nope' is not in cache .* Choose another with --train-split"
+    with pytest.raises(HeadDataError, match=msg):
         run(FitHeadConfig(cache=cache_path, out=tmp_path / "a", train_split="nope", **FAST))
     r = run(FitHeadConfig(cache=cache_path, out=tmp_path / "b", test_split="gone", **FAST))
     assert "test" not in r.metrics and "val" in r.metrics  # skipped with a warning
@@ -115,6 +117,7 @@ def test_concept_width_mismatch_is_a_clear_error():
         ({"tau_min": 2.0}, "tau_min .* must be <= tau_max"),
         ({"hard": True, "variant": "reference"}, "hard=True needs variant='paper'"),
         ({"device": "tpu"}, "device must be one of"),
+        ({"device": "cuda:x"}, "device must be one of .*'cuda:N'.* got 'cuda:x'"),
         ({"l2_grid": ()}, "l2_grid must be non-empty"),
         ({"topk": -1}, "topk must be an integer >= 0"),
         ({"topk": 3, "loss": "probe"}, "topk applies to the CBL"),
@@ -174,3 +177,15 @@ def test_fit_on_cuda_matches_the_cpu_contract(cache_path, tmp_path):
     with open_cache(cache_path) as c:
         head = load_head(r.out_dir, c)  # loads on CPU by default
         assert head.logits(c.split("test").valid().image_emb, c).device.type == "cpu"
+
+
+def test_one_device_rule_for_stage_two():
+    from heads.device import DeviceError, resolve_device
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if n else "cpu")
+    with pytest.raises(DeviceError, match=f"'cuda:{n}' was asked for but torch sees {n} CUDA"):
+        resolve_device(f"cuda:{n}")
+    with pytest.raises(DeviceError, match="device must be one of"):
+        resolve_device("gpu")
