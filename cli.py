@@ -385,14 +385,22 @@ class CblInit(str, Enum):
 
 def _fit_head_table(result) -> str:
     m = result.metrics
-    head = ("split", "rows", "head top-1", "head top-5", "zero-shot top-1")
-    rows = ["{:<6} {:>8} {:>10} {:>10} {:>15}".format(*head)]
+    cbm = result.kind == "cbm"
+    head = ["split", "rows", "head top-1", "head top-5", "zero-shot top-1"]
+    head += ["act. sparsity", "active concepts"] if cbm else []
+    rows = [
+        "{:<6} {:>8} {:>10} {:>10} {:>15}".format(*head[:5])
+        + (" {:>13} {:>15}".format(*head[5:]) if cbm else "")
+    ]
     for split in ("val", "test"):
         if split in m:
             h, z = m[split], m["zero_shot"][split]
-            rows.append(
+            line = (
                 f"{split:<6} {h['n']:>8} {h['top1']:>10.4f} {h['top5']:>10.4f} {z['top1']:>15.4f}"
             )
+            if cbm:
+                line += f" {h['act_sparsity']:>13.4f} {h['active_concepts']:>15.2f}"
+            rows.append(line)
     return "\n".join(rows)
 
 

@@ -29,8 +29,9 @@ from heads.data import HeadData, load_data
 from heads.device import resolve_device
 from heads.features import FEATURES
 from heads.losses import CBL_LOSSES, tau_schedule
+from heads.metrics import activation_sparsity
 from heads.model import ConceptBottleneck
-from heads.scoring import predict, topk_accuracy
+from heads.scoring import EVAL_CHUNK, predict, topk_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -176,13 +177,30 @@ def _weight_change(before: dict, after: dict) -> dict:
 TRAINERS = {"cbm": fit_cbm, **BASELINE_TRAINERS}
 
 
+def _activation_summary(module, feats, x: torch.Tensor) -> dict:
+    """Mean SPEC §2 sparsity of the CBL output and mean active concepts over rows x, chunked."""
+    sums, n = torch.zeros(2, dtype=torch.float64), 0
+    module.eval()
+    with torch.no_grad():
+        for s in range(0, len(x), EVAL_CHUNK):
+            st = activation_sparsity(module.activations(feats(x[s : s + EVAL_CHUNK])))
+            sums += torch.stack([st["sparsity"].double().sum(), st["l0_eff"].double().sum()]).cpu()
+            n += len(st["sparsity"])
+    return {"act_sparsity": sums[0].item() / n, "active_concepts": sums[1].item() / n}
+
+
 def evaluate_module(module, kind: str, data: HeadData) -> dict:
-    """Top-1/top-5 of a fitted module on the validation rows and the test split."""
+    """Top-1/top-5 of a fitted module on the validation rows and the test split; for a CBM also
+    the activation sparsity of its CBL output (fraction of |a_j| <= 1e-3 max|a|, active count)."""
     feats = lambda x: FEATURES[kind](x, data.text)  # noqa: E731
-    val = data.val_idx
-    out = {"val": topk_accuracy(predict(module, feats, data.train.x[val]), data.train.y[val])}
+    splits = {"val": (data.train.x[data.val_idx], data.train.y[data.val_idx])}
     if data.test is not None:
-        out["test"] = topk_accuracy(predict(module, feats, data.test.x), data.test.y)
+        splits["test"] = (data.test.x, data.test.y)
+    out = {}
+    for name, (x, y) in splits.items():
+        out[name] = topk_accuracy(predict(module, feats, x), y)
+        if kind == "cbm":
+            out[name].update(_activation_summary(module, feats, x))
     return out
 
 

@@ -34,6 +34,7 @@ def test_fit_head_cli_writes_a_head_and_prints_the_table(tmp_path, monkeypatch):
     top = runner.invoke(app, ["fit-head", "--cache", str(cache), "--topk", "3", "--epochs", "2",
                               "--out", "topk", "--no-progress"])  # fmt: skip
     assert top.exit_code == 0, top.output
+    assert "act. sparsity" in top.output and "active concepts" in top.output
     assert json.loads((tmp_path / "topk" / "config.json").read_text())["topk"] == 3
     too_big = runner.invoke(app, ["fit-head", "--cache", str(cache), "--topk", "24",
                                   "--out", "big", "--no-progress"])  # fmt: skip

@@ -117,6 +117,11 @@ def test_topk_head_has_k_active_concepts_and_is_sparser_than_contrastive(planted
     co = load_head(planted["results"]["contrastive"].out_dir, c).activations(x, c)
     assert ((tk != 0).sum(1) <= TOPK).all()
     assert _sparsity(tk) >= 1 - TOPK / tk.shape[1] >= _sparsity(co) + 0.5
+    for name, a in (("sparse-topk", tk), ("contrastive", co)):  # what fit-head reported
+        m = planted["results"][name].metrics["test"]
+        assert m["act_sparsity"] == pytest.approx(_sparsity(a), abs=1e-6)
+        active = (a.abs() > 1e-3 * a.abs().amax(1, keepdim=True)).sum(1).float().mean().item()
+        assert m["active_concepts"] == pytest.approx(active)
 
 
 def test_validation_split_is_seeded_from_train_and_recorded(planted):
