@@ -20,12 +20,24 @@ def _short(text: str) -> str:
     return text if len(text) <= MAX_LABEL_CHARS else text[: MAX_LABEL_CHARS - 1] + "…"
 
 
+def _figure(path: Path, figsize):
+    """A new figure and axes for `path` (its folder is created)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return plt.subplots(figsize=figsize)
+
+
+def _save(fig, ax, path: Path, title: str, dpi: int) -> Path:
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_contributions(table: pd.DataFrame, title: str, path: Path) -> Path:
     """Horizontal bars of `contribution` per concept (largest on top), activation annotated."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     n = len(table)
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.4 * max(n, 1)))
+    fig, ax = _figure(path, (8, 1.2 + 0.4 * max(n, 1)))
     y = np.arange(n)[::-1]
     colors = ["tab:green" if v >= 0 else "tab:red" for v in table["contribution"]]
     ax.barh(y, table["contribution"], color=colors)
@@ -37,23 +49,17 @@ def plot_contributions(table: pd.DataFrame, title: str, path: Path) -> Path:
     ax.axvline(0, color="black", linewidth=0.8)
     ax.margins(x=0.15)  # room for the activation labels at the bar ends
     ax.set_xlabel("contribution to the predicted class score")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, title, dpi=120)
 
 
 def plot_confusion(cm: np.ndarray, classes, path: Path, title: str = "") -> Path:
     """Row-normalised confusion matrix (rows = true class) as an image."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     cm = np.asarray(cm, dtype=np.float64)
     rows = cm.sum(1, keepdims=True)
     frac = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     n = len(classes)
     size = min(4 + 0.25 * n, 14)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig, ax = _figure(path, (size, size))
     im = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     if n <= MAX_TICK_LABELS:
@@ -62,8 +68,4 @@ def plot_confusion(cm: np.ndarray, classes, path: Path, title: str = "") -> Path
         ax.set_yticks(np.arange(n), names, fontsize=7)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, title, dpi=100)

@@ -107,37 +107,18 @@ def planted_arrays(
     }
 
 
-def make_planted_cache(
-    path,
-    *,
-    n_train: int = N_TRAIN,
-    n_test: int = N_TEST,
-    n_classes: int = N_CLASSES,
-    n_concepts: int = N_CONCEPTS,
-    embed_dim: int = EMBED_DIM,
-    concepts_per_class: int = CONCEPTS_PER_CLASS,
-    noise: float = NOISE,
-    seed: int = 0,
-    format: str = "zarr",
-) -> Path:
+def make_planted_cache(path, *, format: str = "zarr", **kwargs) -> Path:
     """Write a planted-concept cache (splits "train" and "test") with `cache.write_cache`.
 
-    Returns the path written (write_cache gives an HDF5 cache a .h5 suffix).
-    The planted mapping is in `metadata["planted"]` (list indexed by class of concept-index
-    lists); `planted_concepts(...)` with the same arguments returns it as a dict.
+    `kwargs` are those of `planted_arrays` (n_train, n_test, n_classes, n_concepts, embed_dim,
+    concepts_per_class, noise, seed). Returns the path written (write_cache gives an HDF5
+    cache a .h5 suffix). The planted mapping is in `metadata["planted"]` (list indexed by
+    class of concept-index lists); `planted_concepts(...)` with the same arguments returns it.
     """
     from cache import write_cache  # lazy: keeps planted_arrays usable without the cache module
 
-    arr = planted_arrays(
-        n_train=n_train,
-        n_test=n_test,
-        n_classes=n_classes,
-        n_concepts=n_concepts,
-        embed_dim=embed_dim,
-        concepts_per_class=concepts_per_class,
-        noise=noise,
-        seed=seed,
-    )
+    arr = planted_arrays(**kwargs)
+    seed, noise = kwargs.get("seed", 0), kwargs.get("noise", NOISE)
     meta = {"synthetic": "planted", "planted": arr["planted"], "seed": seed, "noise": noise}
     return write_cache(
         Path(path),
