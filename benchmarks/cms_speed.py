@@ -5,8 +5,8 @@ column normalisation is meaningful): N images x E, |D| concepts, |C| classes. Tw
 measurements per normalisation, each in a fresh child process so its peak RSS
 (`ru_maxrss`, which counts torch's allocations, unlike tracemalloc) is its own:
 
-- core: `heads.cms.cms_predict` on in-memory fp16 embeddings (+ zero-shot);
-- e2e:  `heads.evaluate.run_cms_eval`, i.e. `cli.py cms-eval`, on a synthetic cache written
+- core: `heads.baselines.cms.cms_predict` on in-memory fp16 embeddings (+ zero-shot);
+- e2e:  `heads.eval.commands.run_cms_eval`, i.e. `cli.py cms-eval`, on a synthetic cache written
         with `cache.write_cache`: cache read, CMS, zero-shot, 50k-row CSVs, metrics JSON.
 
     python benchmarks/cms_speed.py                  # writes benchmarks/results/cms_speed.json
@@ -68,7 +68,7 @@ def worker(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.mode == "e2e":
-        from heads.evaluate import CmsEvalConfig, run_cms_eval
+        from heads.eval.commands import CmsEvalConfig, run_cms_eval
 
         cfg = CmsEvalConfig(
             cache=Path(args.cache),
@@ -84,7 +84,7 @@ def worker(args) -> dict:
         m = res.metrics["metrics"]
         top1 = {"cms_top1": m["test/cms/top1"], "zs_top1": m["test/zero_shot/top1"]}
     else:
-        from heads.cms import cms_predict, zero_shot_predict
+        from heads.baselines.cms import cms_predict, zero_shot_predict
 
         images, concepts, classes, labels = synthetic(args.n, args.concepts, args.classes, args.dim)
         base = peak_rss_mib()

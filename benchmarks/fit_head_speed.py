@@ -1,7 +1,7 @@
 """fit-head speed on synthetic caches of real sizes (issue 3, SPEC §7).
 
 - cifar10-like: 50,000 train / 10,000 test, E = 768, |D| = 143, |C| = 10. A full
-  `heads.train.run` per loss (defaults: <= 20 epochs, early stopping) is timed end to end,
+  `heads.cbm.train.run` per loss (defaults: <= 20 epochs, early stopping) is timed end to end,
   cache load included. Target: < 60 s per run on a 2-core CPU.
 - imagenet-like: 1,281,167 train / 50,000 test, E = 768, |D| = 4,751, |C| = 1,000. Seconds per
   epoch are measured on a FRACTION of an epoch (`--steps` optimizer steps after warm-up, plus a
@@ -34,19 +34,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cache import open_cache, write_cache  # noqa: E402
-from heads.config import FitHeadConfig  # noqa: E402
-from heads.data import load_data  # noqa: E402
-from heads.features import FEATURES  # noqa: E402
-from heads.losses import tau_schedule  # noqa: E402
-from heads.model import ConceptBottleneck  # noqa: E402
-from heads.scoring import predict  # noqa: E402
-from heads.train import (  # noqa: E402
+from heads.cbm.config import FitHeadConfig  # noqa: E402
+from heads.cbm.losses import tau_schedule  # noqa: E402
+from heads.cbm.model import ConceptBottleneck  # noqa: E402
+from heads.cbm.train import (  # noqa: E402
     StepState,
     flush_denormals,
     make_optimizers,
     run,
     train_step,
 )
+from heads.eval.evaluate import Scorer, predict  # noqa: E402
+from heads.io.data import load_data  # noqa: E402
 
 # n_train, n_test, E, |D|, |C|, planted concepts per class, noise norm (relative to the unit
 # signal; E = 768 needs a large one: cifar10-like zero-shot ~0.84 at 10)
@@ -141,7 +140,7 @@ def bench_epoch_fraction(cache: Path, loss: str, device: str, steps: int, eval_r
     idx = data.train_idx[torch.randperm(len(data.train_idx))[: (steps + 3) * cfg.batch_size]]
     n_steps_epoch = -(-len(data.train_idx) // cfg.batch_size)
     times = []
-    with flush_denormals():  # as in heads.train.run
+    with flush_denormals():  # as in heads.cbm.train.run
         for i in range(steps + 3):  # the first 3 steps are warm-up, not timed
             rows = idx[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             state.tau = tau_schedule(i, n_steps_epoch, cfg.tau_max, cfg.tau_min)
@@ -155,7 +154,7 @@ def bench_epoch_fraction(cache: Path, loss: str, device: str, steps: int, eval_r
     val_x = data.train.x[data.val_idx[:n_eval]]
     _sync(device)
     t = time.perf_counter()
-    predict(model, lambda x: FEATURES["cbm"](x, data.text), val_x)
+    predict(Scorer("cbm", model, data.text), val_x)
     _sync(device)
     eval_s = (time.perf_counter() - t) * len(data.val_idx) / n_eval
     train_s = step_s * n_steps_epoch

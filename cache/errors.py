@@ -1,8 +1,18 @@
-"""Exception types raised by the cache package (one place, so callers can catch precisely)."""
+"""Exception types raised by the cache package (one place, so callers can catch precisely).
+
+`CacheError` is the stage's error root (a `core.errors.ClipCbmError`): the CLI prints its
+message without a traceback.
+"""
+
+from core.errors import ClipCbmError, ConfigError
 
 
-class CacheError(Exception):
+class CacheError(ClipCbmError):
     """Anything wrong with an embedding cache: missing, malformed, mismatched."""
+
+
+class CacheConfigError(CacheError, ConfigError):
+    """A cache-writing option that is not allowed (shard/chunk sizes, format)."""
 
 
 class IncompleteCacheError(CacheError):

@@ -3,6 +3,7 @@
 cbm       psi = alpha * I @ D.T      (B, |D|)   SPEC §1
 probe     I                          (B, E)     true linear probe on image embeddings
 zs-probe  alpha * I @ C.T            (B, |C|)   the published code's "linear probing"
+zero-shot alpha * I @ C.T            (B, |C|)   read by an identity module: zero-shot CLIP
 """
 
 from __future__ import annotations
@@ -36,4 +37,5 @@ FEATURES: dict[str, Callable[[torch.Tensor, TextTensors], torch.Tensor]] = {
     "cbm": lambda x, t: concept_logits(x, t.concept_emb, t.logit_scale),
     "probe": lambda x, t: x,
     "zs-probe": lambda x, t: class_logits(x, t.class_emb, t.logit_scale),
+    "zero-shot": lambda x, t: class_logits(x, t.class_emb, t.logit_scale),  # nn.Identity head
 }

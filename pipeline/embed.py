@@ -11,7 +11,7 @@ import logging
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,67 +20,17 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from cache import CacheWriter, sha256_lines
-from cache.backend import format_of
+from core.device import resolve_device
 
 from .concepts.io import read_concept_file
-from .datasets import DATASETS, UnreadableImageError, build_dataset
+from .config import EmbedConfig
+from .datasets import UnreadableImageError, build_dataset
 from .distributed import DistContext
-from .encoder import DTYPES, ClipEncoder, resolve_device, resolve_dtype
+from .encoder import DTYPES, ClipEncoder, resolve_dtype
 from .preprocess import PreprocessSpec, crop_uint8, normalize_batch
 from .prompts import load_templates
 
 log = logging.getLogger(__name__)
-DEFAULT_MODEL = "openai/clip-vit-large-patch14"
-
-
-@dataclass(frozen=True)
-class EmbedConfig:
-    dataset: str  # a key of pipeline.datasets.DATASETS
-    root: Path  # dataset root (for "csv": the manifest file)
-    out: Path  # cache path: a directory (zarr) or a .h5 file (hdf5)
-    concepts: Path  # concept list (.txt one per line, or the CSV of `cli.py concepts`)
-    model: str = DEFAULT_MODEL  # Hugging Face id or local directory
-    revision: str | None = None  # hub branch/tag/commit
-    splits: tuple[str, ...] = ("train", "test")
-    format: str | None = None  # "zarr" | "hdf5"; None: from the suffix of `out`
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto (fp16 on GPU, fp32 on CPU) | fp32 | fp16 | bf16
-    batch_size: int = 256  # images per forward pass
-    workers: int = -1  # decode processes; -1: all cores but one (at most 32)
-    compile: bool = False  # torch.compile the vision tower
-    templates: str = "default"  # default | bare | imagenet80 | path to a file
-    shard_rows: int = 65536  # rows per shard (unit of work and resume)
-    chunk_rows: int = 4096  # rows per chunk (unit a reader decodes)
-    jpeg_draft: bool = False  # JPEG DCT-domain downscaling for big images (faster, not exact)
-    download: bool = False  # fetch the dataset where supported (CIFAR)
-    classes_file: Path | None = None  # class names, one per line (csv manifests)
-    overwrite: bool = False  # replace an existing different cache at `out`
-    seed: int = 0  # recorded; stage one itself is deterministic
-    progress: bool = True
-    extra: dict = field(default_factory=dict, compare=False)  # free-form notes kept in metadata
-
-    def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset {self.dataset!r} unknown; choose one of {sorted(DATASETS)}")
-        if self.format not in (None, "zarr", "hdf5"):
-            raise ValueError(f"format must be zarr or hdf5, got {self.format!r}")
-        if self.format and self.format != format_of(Path(self.out)):
-            hint = (
-                "a path ending in .h5" if self.format == "hdf5" else "a directory path (e.g. .zarr)"
-            )
-            raise ValueError(f"--format {self.format} needs --out {hint}; got {self.out}")
-        if self.dtype != "auto" and self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {self.dtype!r}")
-        for name in ("batch_size", "shard_rows", "chunk_rows"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.shard_rows % min(self.chunk_rows, self.shard_rows):
-            raise ValueError(
-                f"shard_rows ({self.shard_rows}) must be a multiple of chunk_rows "
-                f"({self.chunk_rows})"
-            )
-        if not self.splits or len(set(self.splits)) != len(self.splits):
-            raise ValueError(f"splits must be distinct and non-empty, got {self.splits}")
 
 
 @dataclass
@@ -307,6 +257,7 @@ def _run(cfg: EmbedConfig, dist: DistContext, device: torch.device) -> EmbedResu
     model, spec = _model_info(cfg)
     dtype = resolve_dtype(cfg.dtype, device)
     identity, metadata = _describe(cfg, datasets, concepts, templates, model, spec, dtype)
+    metadata["device"] = {"requested": cfg.device, "resolved": str(device), "world": dist.world}
     writer = CacheWriter(
         Path(cfg.out),
         identity=identity,

@@ -13,24 +13,17 @@ from dataclasses import dataclass
 
 import torch
 
+from core.device import resolve_device
+from pipeline.config import DTYPE_TORCH_NAMES
+from pipeline.errors import PipelineError
+
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {name: getattr(torch, t) for name, t in DTYPE_TORCH_NAMES.items()}
 
 
-class EncoderError(RuntimeError):
+class EncoderError(PipelineError, RuntimeError):
     """The model could not be loaded or is not a CLIP-family model."""
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available else cpu; 'cuda' without a GPU is a clear error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EncoderError(
-            "--device cuda was given but torch sees no CUDA device; use --device cpu"
-        )
-    return torch.device(device)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

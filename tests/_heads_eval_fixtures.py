@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from heads.artifact import Head, save_head
-from heads.model import ConceptBottleneck
+from heads.cbm.model import ConceptBottleneck
+from heads.io.artifact import Head, save_head
 
 DENSE = 0.002  # weight on non-planted concepts (relative to 1 on a planted one)
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from heads import cms
-from heads.cms import (
+from heads.baselines import normalize as cms_normalize
+from heads.baselines.cms import (
     NORMALIZE_CHOICES,
     build_scorer,
     cms_explain,
@@ -188,8 +188,8 @@ def test_zero_image_row_scores_zero_and_predicts_class_zero(small):
 
 
 def test_sum_normalisation_is_exactly_none_and_says_so(small, caplog, monkeypatch):
-    monkeypatch.setattr(cms, "_alias_logged", set())  # the note is logged once per process
-    with caplog.at_level(logging.INFO, logger="heads.cms"):
+    monkeypatch.setattr(cms_normalize, "_alias_logged", set())  # the note is logged once per process
+    with caplog.at_level(logging.INFO, logger="heads.baselines.normalize"):
         a = cms_predict(
             small["images"], small["concepts"], small["classes"], normalize="sum", keep_scores=True
         )
@@ -202,13 +202,18 @@ def test_sum_normalisation_is_exactly_none_and_says_so(small, caplog, monkeypatc
     assert resolve_normalize("sum") == "none"
 
 
-def test_row_sum_scaling_cannot_change_the_literal_result(small):
-    # the published "normalisation": divide each row of V and T by its sum, then the cosine
+def test_product_sum_alias_equals_the_literal_row_sum_scaling(small):
+    # the published "normalisation": divide each row of V and T by its sum, then the cosine;
+    # the product's normalize="sum" must give exactly those scores (and so equal "none")
     _, want_scores, V, T = literal_cms(small["images"], small["concepts"], small["classes"])
     Vs = [[x / sum(r) for x in r] for r in V]
     Ts = [[x / sum(r) for x in r] for r in T]
     scaled = np.array([[_cos(v, t) for t in Ts] for v in Vs])
-    np.testing.assert_allclose(scaled, want_scores, atol=1e-12)
+    out = cms_predict(
+        small["images"], small["concepts"], small["classes"], normalize="sum", keep_scores=True
+    )
+    np.testing.assert_allclose(out.scores.numpy(), scaled, atol=1e-5)
+    np.testing.assert_array_equal(out.pred.numpy(), scaled.argmax(1))
 
 
 def test_column_normalisation_changes_results(small):

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipeline.encoder import ClipEncoder, EncoderError, projected, resolve_device, resolve_dtype
+from core.device import DeviceError, resolve_device
+from pipeline.encoder import ClipEncoder, EncoderError, projected, resolve_dtype
 
 
 def test_projected_accepts_tensor_and_output_object():
@@ -53,7 +54,7 @@ def test_errors(tmp_path):
     with pytest.raises(EncoderError, match="could not load CLIP model"):
         ClipEncoder.load(str(tmp_path / "nothing-here"), device="cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(EncoderError, match="no CUDA device"):
+        with pytest.raises(DeviceError, match="sees 0 CUDA device"):
             resolve_device("cuda")
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("auto", torch.device("cuda")) == torch.float16

@@ -10,15 +10,16 @@ import pytest
 from typer.testing import CliRunner
 
 from cache import open_cache
-from heads.artifact import HeadCacheMismatchError, load_head
-from heads.evaldata import EvalInputError
-from heads.evaluate import (
+from cache.planted import make_planted_cache, planted_arrays, planted_from_cache
+from heads.eval.commands import (
     CmsEvalConfig,
     EvaluateConfig,
     run_cms_eval,
     run_evaluate,
 )
-from heads.metrics import NEC_GRID
+from heads.eval.metrics import NEC_GRID
+from heads.io.artifact import HeadCacheMismatchError, load_head
+from heads.io.evaldata import EvalInputError
 from tests._heads_eval_fixtures import (
     cache_arrays_with,
     nan_rows,
@@ -26,7 +27,6 @@ from tests._heads_eval_fixtures import (
     probe_head,
     write_arrays,
 )
-from tests._planted import make_planted_cache, planted_arrays, planted_from_cache
 
 N_CLASSES = 5
 
@@ -79,7 +79,8 @@ def test_cms_eval_writes_side_by_side_metrics_and_predictions(planted, tmp_path)
 def test_cms_eval_default_out_dir_and_sum_alias(planted, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     res = run_cms_eval(CmsEvalConfig(cache=planted["cache"], normalize="sum", progress=False))
-    assert (tmp_path / "runs/cms/planted/metrics.json").is_file()
+    # one folder per normalisation, so comparing settings never overwrites earlier results
+    assert (tmp_path / "runs/cms/planted-sum/metrics.json").is_file()
     assert res.metrics["normalize"] == "none"
     assert res.metrics["config"]["normalize"] == "sum"
 

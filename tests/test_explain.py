@@ -9,13 +9,13 @@ import torch
 from typer.testing import CliRunner
 
 from cache import open_cache
-from heads.artifact import load_head
-from heads.evaldata import EvalInputError
-from heads.evaluate import ExplainConfig, run_explain
-from heads.explain import TABLE_COLUMNS, contribution_table, explain_cbm
-from heads.plots import plot_confusion
+from cache.planted import make_planted_cache, planted_arrays, planted_from_cache
+from heads.eval.commands import ExplainConfig, run_explain
+from heads.eval.explain import TABLE_COLUMNS, contribution_table, explain_cbm
+from heads.eval.plots import plot_confusion
+from heads.io.artifact import load_head
+from heads.io.evaldata import EvalInputError
 from tests._heads_eval_fixtures import cache_arrays_with, oracle_head, probe_head, write_arrays
-from tests._planted import make_planted_cache, planted_arrays, planted_from_cache
 
 
 @pytest.fixture(scope="module")

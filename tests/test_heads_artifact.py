@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from cache import open_cache, write_cache
-from heads.artifact import HeadCacheMismatchError, HeadFormatError, load_head
-from heads.config import FitHeadConfig
-from heads.data import HeadDataError
-from heads.train import run
-from tests._planted import make_planted_cache, planted_arrays
+from cache.planted import make_planted_cache, planted_arrays
+from heads.cbm.config import FitHeadConfig
+from heads.cbm.train import run
+from heads.io.artifact import HeadCacheMismatchError, HeadFormatError, load_head
+from heads.io.data import HeadDataError
 
 FAST = dict(batch_size=64, epochs=3, progress=False)
 
@@ -129,7 +129,7 @@ def test_config_validation(kwargs, match):
 
 
 def test_topk_bottleneck_keeps_exactly_k_activations_and_their_gradient():
-    from heads.model import ConceptBottleneck
+    from heads.cbm.model import ConceptBottleneck
 
     torch.manual_seed(0)
     m = ConceptBottleneck(6, 3, cbl_init="random", topk=2)
@@ -180,7 +180,7 @@ def test_fit_on_cuda_matches_the_cpu_contract(cache_path, tmp_path):
 
 
 def test_one_device_rule_for_stage_two():
-    from heads.device import DeviceError, resolve_device
+    from core.device import DeviceError, resolve_device
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     assert resolve_device("cpu") == torch.device("cpu")

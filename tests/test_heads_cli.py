@@ -4,8 +4,8 @@ import json
 
 from typer.testing import CliRunner
 
+from cache.planted import make_planted_cache
 from cli import app
-from tests._planted import make_planted_cache
 
 runner = CliRunner()
 

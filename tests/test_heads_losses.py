@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from heads.losses import (
+from heads.cbm.losses import (
     CBL_LOSSES,
     contrastive_loss,
     gumbel_contrastive_loss,

@@ -6,14 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from cache import open_cache
-from heads.artifact import load_head
-from heads.config import FitHeadConfig
-from heads.data import carve_validation
+from cache.planted import make_planted_cache, planted_from_cache
+from heads.cbm.config import FitHeadConfig
+from heads.cbm.losses import CBL_LOSSES
+from heads.cbm.model import ConceptBottleneck
+from heads.cbm.train import StepState, run, train_step
 from heads.features import FEATURES
-from heads.losses import CBL_LOSSES
-from heads.model import ConceptBottleneck
-from heads.train import StepState, run, train_step
-from tests._planted import make_planted_cache, planted_from_cache
+from heads.io.artifact import load_head
+from heads.io.data import carve_validation
 
 N_CLASSES = 5
 CHANCE = 1 / N_CLASSES

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from heads.metrics import (
+from heads.eval.metrics import (
     NEC_GRID,
     NecEvaluator,
     activation_sparsity,

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 import tests._dataset_factories as fx
 from cache import open_cache
 from cli import app
-from heads.artifact import load_head
+from heads.io.artifact import load_head
 
 runner = CliRunner()
 CONCEPTS = ["red fur", "four legs", "wings", "wheels", "stripes", "a tail"]
@@ -58,7 +58,7 @@ def test_fit_evaluate_explain_on_an_embedded_cache(embedded, loss, extra):
     assert m["n"] == 24 and 0.0 <= m["top1"] <= m["top5"] <= 1.0  # 3 classes x 8 test images
     assert (ev / "confusion_test.png").is_file() and (ev / "predictions_test.csv").is_file()
     if "--topk" in extra:
-        assert m["act_l0_eff"] <= 2 and m["act_sparsity"] >= 1 - 2 / len(CONCEPTS)
+        assert m["active_concepts"] <= 2 and m["act_sparsity"] >= 1 - 2 / len(CONCEPTS)
 
     if h.kind == "cbm":
         png = tmp / f"{head.name}.png"

@@ -32,6 +32,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from pipeline.errors import PipelineError
+
 log = logging.getLogger(__name__)
 
 RELATIONS = ("HasA", "IsA", "PartOf", "HasProperty", "MadeOf", "AtLocation")
@@ -43,7 +45,7 @@ STOPWORDS = frozenset({"a", "an", "and", "for", "in", "of", "on", "or", "the", "
 Getter = Callable[[str], bytes]  # url -> body; raises urllib.error.HTTPError / URLError
 
 
-class ConceptNetError(RuntimeError):
+class ConceptNetError(PipelineError, RuntimeError):
     """ConceptNet could not be reached, answered garbage, or the dump is unreadable."""
 
 

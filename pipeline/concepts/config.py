@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.config import option, validated
+from core.device import DEVICE_HELP, check_device
 from pipeline.classnames import BUILTIN_LISTS
+from pipeline.config import DEFAULT_CLIP_MODEL
+from pipeline.errors import PipelineConfigError
 
-from .similarity import DEFAULT_CLIP_MODEL, DEFAULT_SIM_MODEL, SIMILARITIES
+from .similarity import DEFAULT_SIM_MODEL, SIMILARITIES
 
 SOURCES = ("conceptnet", "llm", "file")
 CONCEPTNET_QUERIES = ("words", "phrase", "both")
@@ -26,36 +30,43 @@ def _check_positive(name: str, value: int) -> None:
         raise ValueError(f"{name} must be a positive integer; got {value!r}")
 
 
+@validated(PipelineConfigError)
 @dataclass(frozen=True)
 class ConceptsConfig:
-    source: str  # "conceptnet" | "llm" | "file"
-    out: Path  # <name>.csv; <name>.txt, <name>.dropped.csv, <name>.meta.json are written beside
+    source: str = option(help="Where raw concepts come from.", choices=SOURCES)
+    out: Path = option(help="Kept concepts CSV; .txt, .dropped.csv and .meta.json go beside it.")
     # class names: exactly one of the two
-    dataset: str | None = None  # built-in list: cifar10, cifar100, cub200, places365, imagenet
-    classes_file: Path | None = None  # one class name per line
+    dataset: str | None = option(None, "Built-in class list.", choices=lambda: list(BUILTIN_LISTS))
+    classes_file: Path | None = option(None, "Or: class names, one per line.", flag="--classes")
     # --source file
-    input_path: Path | None = None  # .txt (one per line) or .csv (concept[,class] columns)
+    input_path: Path | None = option(None, "--source file: .txt (one per line) or .csv "
+                                     "(concept[,class]).", flag="--input")  # fmt: skip
     # --source llm
-    llm: str | None = None  # causal LM: hub id or local directory (never remote code)
-    llm_max_new_tokens: int = 256  # tokens generated per answer
-    llm_batch_size: int = 8  # prompts per generate() call
+    llm: str | None = option(None, "--source llm: causal LM hub id or local directory "
+                             "(never remote code).")  # fmt: skip
+    llm_max_new_tokens: int = option(256, "Tokens generated per LLM answer.")
+    llm_batch_size: int = option(8, "Prompts per generate() call.")
     # --source conceptnet
-    conceptnet_dump: Path | None = None  # local assertions dump instead of the REST API
-    conceptnet_cache: Path = DEFAULT_CONCEPTNET_CACHE  # API responses + dump index ("~" expanded)
-    conceptnet_query: str = "words"  # class name -> terms: "words" | "phrase" | "both"
-    offline: bool = False  # API: use cached responses only, fail on a miss
+    conceptnet_dump: Path | None = option(None, "Local conceptnet-assertions-5.7.0.csv.gz "
+                                          "instead of the REST API.")  # fmt: skip
+    conceptnet_cache: Path = option(DEFAULT_CONCEPTNET_CACHE, "Cache of API responses and of "
+                                    "the dump index.")  # fmt: skip
+    conceptnet_query: str = option("words", "Terms per class: each word, the whole phrase, or "
+                                   "both.", choices=CONCEPTNET_QUERIES)  # fmt: skip
+    offline: bool = option(False, "ConceptNet API: cached responses only, fail on a miss.")
     # filter (SPEC §4)
-    similarity: str = "sentence"  # "sentence" | "blend" = (sentence + 3 * CLIP-text) / 4
-    sim_model: str = DEFAULT_SIM_MODEL  # sentence-transformers hub id or local directory
-    clip_model: str = DEFAULT_CLIP_MODEL  # CLIP for --similarity blend
-    max_length: int = 30  # characters; longer concepts are dropped (rule 1)
-    class_sim: float = 0.85  # cosine to any class >= this is dropped (rule 2)
-    concept_sim: float = 0.9  # pairs >= this keep the more general concept (rule 3)
-    min_mean_sim: float | None = None  # rule 4, off by default
-    device: str = "auto"  # "auto" | "cpu" | "cuda[:k]", resolved at run time and recorded
-    batch_size: int = 64  # texts per similarity-model batch
-    overwrite: bool = False  # replace existing output files
-    progress: bool = True  # tqdm bars
+    similarity: str = option("sentence", "sentence = --sim-model cosine; blend = (sentence + "
+                             "3*CLIP text)/4.", choices=lambda: list(SIMILARITIES))  # fmt: skip
+    sim_model: str = option(DEFAULT_SIM_MODEL, "sentence-transformers hub id or local directory.")
+    clip_model: str = option(DEFAULT_CLIP_MODEL, "CLIP for --similarity blend.")
+    max_length: int = option(30, "Rule 1: drop concepts longer than this (characters).")
+    class_sim: float = option(0.85, "Rule 2: drop when cosine to any class >= this.")
+    concept_sim: float = option(0.9, "Rule 3: of pairs >= this keep the more general.")
+    min_mean_sim: float | None = option(None, "Rule 4 (off by default): drop mean cosine < this.")
+    device: str = option("auto", DEVICE_HELP)
+    batch_size: int = option(64, "Texts per similarity-model batch.")
+    overwrite: bool = option(False, "Replace existing output files.")
+    progress: bool = option(True, "Show progress bars.")
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -87,18 +98,17 @@ class ConceptsConfig:
         for name in ("class_sim", "concept_sim"):
             _check_unit(name, getattr(self, name))
         _check_unit("min_mean_sim", self.min_mean_sim, allow_none=True)
-        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
-            raise ValueError(f"device {self.device!r} is unknown; allowed: auto, cpu, cuda[:k]")
+        check_device(self.device)
 
     def _check_source_options(self) -> None:
         needs = {"file": ("input_path", "--input FILE"), "llm": ("llm", "--llm MODEL")}
-        for source, (name, option) in needs.items():
+        for source, (name, flag) in needs.items():
             given = getattr(self, name) is not None
             if self.source == source and not given:
-                raise ValueError(f"--source {source} needs {option}")
+                raise ValueError(f"--source {source} needs {flag}")
             if self.source != source and given:
                 raise ValueError(
-                    f"{option} only applies to --source {source}; got --source {self.source}"
+                    f"{flag} only applies to --source {source}; got --source {self.source}"
                 )
         if self.conceptnet_dump is not None and self.source != "conceptnet":
             raise ValueError(

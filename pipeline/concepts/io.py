@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.errors import PipelineError
+
 log = logging.getLogger(__name__)
 
 MAX_CONCEPTS = 50_000  # more rows than any published concept set by 10x; beyond it, a mistake
@@ -30,7 +32,7 @@ KEPT_COLUMNS = ("concept", "class", "source")
 DROPPED_COLUMNS = ("concept", "rule", "value", "detail", "class", "source")
 
 
-class ConceptFileError(ValueError):
+class ConceptFileError(PipelineError, ValueError):
     """A concept file that cannot be used as it is (the message names the line and the fix)."""
 
 

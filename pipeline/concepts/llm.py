@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
+from pipeline.errors import PipelineError
+
 log = logging.getLogger(__name__)
 
 # prompt kind -> the thesis' wording (§4.3, Prompt 1-3); the kind becomes the source "llm:<kind>"
@@ -148,7 +150,7 @@ def llm_candidates(
 # ------------------------------------------------------------------------- Hugging Face model
 
 
-class LLMError(RuntimeError):
+class LLMError(PipelineError, RuntimeError):
     """The language model could not be loaded."""
 
 
@@ -169,7 +171,7 @@ class HFGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from pipeline.encoder import resolve_device
+        from core.device import resolve_device
 
         dev = resolve_device(device)
         dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32

@@ -16,6 +16,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.errors import OutputExistsError, PipelineError
+
 from .config import ConceptsConfig
 from .filter import RULES, Embed, FilterResult, FilterRules, filter_concepts
 from .io import ConceptSet, output_paths, sha256_concepts, write_concept_set, write_dropped
@@ -25,7 +27,7 @@ from .sources import SOURCE_BUILDERS, Injected, SourceOutput, load_classes
 log = logging.getLogger(__name__)
 
 
-class ConceptsError(RuntimeError):
+class ConceptsError(PipelineError, RuntimeError):
     """The run finished its work but the result cannot be used (e.g. nothing survived)."""
 
 
@@ -45,7 +47,7 @@ def _planned_paths(config: ConceptsConfig) -> dict[str, Path]:
         paths["llm"] = paths["csv"].with_suffix(".llm.jsonl")
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not config.overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"output file(s) already exist: {', '.join(existing)}; pass --overwrite to replace "
             "them or choose another --out"
         )
@@ -53,7 +55,7 @@ def _planned_paths(config: ConceptsConfig) -> dict[str, Path]:
 
 
 def _resolve_device(device: str) -> str:
-    from pipeline.encoder import resolve_device
+    from core.device import resolve_device
 
     return str(resolve_device(device))
 

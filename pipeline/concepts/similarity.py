@@ -16,16 +16,17 @@ from collections.abc import Callable
 
 import numpy as np
 
+from pipeline.errors import PipelineError
+
 from .filter import Embed
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SIM_MODEL = "sentence-transformers/all-mpnet-base-v2"
-DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 CLIP_WEIGHT = 0.75  # the published blend: (mpnet + 3 * clip) / 4
 
 
-class SimilarityModelError(RuntimeError):
+class SimilarityModelError(PipelineError, RuntimeError):
     """The similarity model could not be loaded."""
 
 

@@ -16,17 +16,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.errors import PipelineError
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
 OFFICIAL_SPLITS = ("train", "test")
 
 
-class DatasetError(ValueError):
+class DatasetError(PipelineError, ValueError):
     """A dataset root, file list or option that cannot be read as the requested dataset."""
 
 
-class UnreadableImageError(OSError):
+class UnreadableImageError(PipelineError, OSError):
     """One image that cannot be decoded (missing, corrupt or truncated file)."""
 
     def __init__(self, reason: str):

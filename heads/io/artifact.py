@@ -18,22 +18,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from heads.features import FEATURES, TextTensors
-from heads.model import ConceptBottleneck
+from heads.cbm.model import ConceptBottleneck
+from heads.chunks import iter_chunks
+from heads.errors import HeadCacheMismatchError, HeadFormatError
+from heads.eval.evaluate import Scorer, predict
+from heads.features import TextTensors
 from heads.psi import as_float_tensor
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-EVAL_CHUNK = 8192  # rows per forward pass in Head.logits (bounds psi memory: chunk x |D| fp32)
 REQUIRED_KEYS = ("kind", "n_concepts", "n_classes", "embed_dim", "cache_fingerprint")
-
-
-class HeadCacheMismatchError(ValueError):
-    """A head is used with a cache it was not fitted on (fingerprint or |D| / |C| / E differ)."""
-
-
-class HeadFormatError(ValueError):
-    """A head directory is missing files or its config.json lacks required keys."""
 
 
 MODULE_BUILDERS: dict[str, Callable[[dict], nn.Module]] = {
@@ -82,34 +76,27 @@ class Head:
     module: nn.Module
     _text: dict = field(default_factory=dict, repr=False)  # fingerprint -> TextTensors
 
-    def _text_for(self, cache, device) -> TextTensors:
+    def scorer(self, cache) -> Scorer:
+        """This head on `cache` (checked: the cache it was fitted on), on the module's device."""
         check_cache(self.config, cache)
+        device = next(self.module.parameters(), torch.empty(0)).device
         key = (cache.fingerprint, str(device))
         if key not in self._text:
             self._text[key] = TextTensors.from_cache(cache, device)
-        return self._text[key]
-
-    def _run(self, image_emb, cache, fn) -> torch.Tensor:
-        device = next(self.module.parameters()).device
-        text = self._text_for(cache, device)
-        x = as_float_tensor(image_emb)
-        self.module.eval()
-        with torch.no_grad():
-            parts = [
-                fn(FEATURES[self.kind](x[s : s + EVAL_CHUNK].to(device), text))
-                for s in range(0, x.shape[0], EVAL_CHUNK)
-            ]
-        return torch.cat(parts) if parts else torch.empty(0, device=device)
+        return Scorer(self.kind, self.module, self._text[key])
 
     def logits(self, image_emb, cache) -> torch.Tensor:
         """image_emb (N, E) -> class logits (N, |C|) fp32 on the module's device."""
-        return self._run(image_emb, cache, self.module)
+        return predict(self.scorer(cache), as_float_tensor(image_emb))
 
     def activations(self, image_emb, cache) -> torch.Tensor | None:
         """image_emb (N, E) -> CBL activations a (N, |D|) for a cbm head, else None."""
         if self.kind != "cbm":
             return None
-        return self._run(image_emb, cache, self.module.activations)
+        sc = self.scorer(cache)
+        x = as_float_tensor(image_emb)
+        self.module.eval()
+        return torch.cat([sc.activations(x[sl]) for sl in iter_chunks(len(x))])
 
 
 def save_head(out_dir, head: Head, config: dict) -> Path:

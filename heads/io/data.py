@@ -14,14 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from heads.evaldata import load_split as load_split_checked
+from heads.errors import HeadDataError
 from heads.features import TextTensors
+from heads.io.evaldata import load_split as load_split_checked
 
 log = logging.getLogger(__name__)
-
-
-class HeadDataError(ValueError):
-    """The cache cannot be trained on: missing/empty split, NaN embeddings, |D| mismatch, ..."""
 
 
 @dataclass
@@ -43,6 +40,13 @@ class HeadData:
     text: TextTensors
     n_classes: int
     val_seed: int
+
+    def eval_splits(self) -> dict:
+        """{"val": (x, y), "test": (x, y)}: the rows every fitted head is reported on."""
+        out = {"val": (self.train.x[self.val_idx], self.train.y[self.val_idx])}
+        if self.test is not None:
+            out["test"] = (self.test.x, self.test.y)
+        return out
 
     def val_rows(self) -> list[int]:
         """Validation rows as positions in the cache's train split (recorded in the head)."""

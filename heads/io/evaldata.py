@@ -16,11 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from heads.errors import EvalInputError
+
 log = logging.getLogger(__name__)
-
-
-class EvalInputError(ValueError):
-    """The cache split (or the requested row) cannot be evaluated as asked."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,7 @@ def _first_ids(ids: np.ndarray, mask: np.ndarray, k: int = 3) -> str:
 def load_split(cache, split: str, *, error=EvalInputError, hint: str = "") -> EvalSplit:
     """Read a split whole and check it (known, non-empty, finite, labels in range).
 
-    The one checked reader of stage two: evaluation uses it as is, training (heads.data) with
+    The one checked reader of stage two: evaluation uses it as is, training (heads.io.data) with
     its own error class and a hint naming its options. Rows with ok=False are skipped.
     """
     check_split_name(cache, split, error=error, hint=hint)

@@ -3,7 +3,7 @@
 - Concept bottleneck: logit_ŷ = Σ_j W_F[ŷ, j] a_j + b_ŷ, so the contribution of concept j
   is W_F[ŷ, j] · a_j (the bias is reported separately, it belongs to no concept).
 - CMS: cos(V_n, T_ŷ) = Σ_j v_j t_j with v, t the normalised rows, so the contribution of
-  concept j is v_j · t_j (`heads.cms.concept_terms`).
+  concept j is v_j · t_j (`heads.baselines.cms.concept_terms`).
 
 Both give a pandas table of the top-k concepts by contribution (largest first; ties in
 concept-index order), with the activation next to it.
@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from heads.cms import CmsScorer, cms_explain
+from heads.baselines.cms import CmsScorer, cms_explain
 
 TABLE_COLUMNS = ("rank", "concept_index", "concept", "activation", "weight", "contribution")
 

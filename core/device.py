@@ -1,21 +1,24 @@
-"""The one device rule of stage two: auto | cpu | cuda | cuda:N, checked early, resolved late.
+"""The one device rule of every stage: auto | cpu | cuda | cuda:N, checked early, resolved late.
 
-`check_device` validates a name when a config is built (so a typo fails before any work);
-`resolve_device` turns it into a torch.device when the run starts: auto -> cuda when a GPU is
-visible, else cpu; asking for cuda without a GPU is a clear error, not a silent CPU run.
+`check_device` validates a name when a config is built (no probing: a typo fails before any
+work); `resolve_device` turns it into a torch.device when the run starts: auto -> cuda when a
+GPU is visible, else cpu; asking for a GPU that is not there is a clear error, not a silent
+CPU run. Every artifact records the resolved device (cache metadata, head config, run JSON).
+torch is imported inside `resolve_device` only, so config modules (and `cache/`) stay torch-free.
 """
 
 from __future__ import annotations
 
 import re
 
-import torch
+from core.errors import ConfigError
 
 DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N")
+DEVICE_HELP = "auto | cpu | cuda | cuda:N (auto = cuda when one is visible, else cpu)."
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-class DeviceError(ValueError):
+class DeviceError(ConfigError):
     """A device name that is malformed, or asks for a GPU that is not there."""
 
 
@@ -24,8 +27,10 @@ def check_device(name) -> None:
         raise DeviceError(f"device must be one of {list(DEVICE_NAMES)}, got {name!r}")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str):
     """'auto' -> cuda when available else cpu; 'cuda' / 'cuda:N' without that GPU is an error."""
+    import torch
+
     check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

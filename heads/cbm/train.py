@@ -22,16 +22,16 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from cache import open_cache
-from heads.artifact import Head, save_head
-from heads.baselines import BASELINE_TRAINERS, zero_shot_metrics
-from heads.config import FitHeadConfig
-from heads.data import HeadData, load_data
-from heads.device import resolve_device
+from core.device import resolve_device
+from heads.baselines.probe import BASELINE_TRAINERS
+from heads.cbm.config import FitHeadConfig
+from heads.cbm.losses import CBL_LOSSES, tau_schedule
+from heads.cbm.model import ConceptBottleneck
+from heads.errors import HeadsConfigError, OutputExistsError
+from heads.eval.evaluate import Scorer, evaluate, top1, zero_shot_scorer
 from heads.features import FEATURES
-from heads.losses import CBL_LOSSES, tau_schedule
-from heads.metrics import activation_sparsity
-from heads.model import ConceptBottleneck
-from heads.scoring import EVAL_CHUNK, predict, topk_accuracy
+from heads.io.artifact import Head, save_head
+from heads.io.data import HeadData, load_data
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def fit_cbm(data: HeadData, config: FitHeadConfig, device) -> tuple[ConceptBottl
     state = StepState(config.lam, config.tau_max, noise_gen, config.hard, config.variant)
     steps_per_epoch = -(-len(data.train_idx) // config.batch_size)
     total = config.epochs * steps_per_epoch
-    feats = lambda x: FEATURES["cbm"](x, data.text)  # noqa: E731
+    scorer = Scorer("cbm", model, data.text)
     val_x, val_y = data.train.x[data.val_idx], data.train.y[data.val_idx]
     best, best_state, history, bad, step = -1.0, None, [], 0, 0
     bar = tqdm(range(config.epochs), desc=f"fit-head {config.loss}", disable=not config.progress)
@@ -147,7 +147,7 @@ def fit_cbm(data: HeadData, config: FitHeadConfig, device) -> tuple[ConceptBottl
         t0 = time.perf_counter()
         (l_cbl, ce), n = _epoch(model, opts, data, config, state, step, total, shuffle_gen)
         step += n
-        val_top1 = topk_accuracy(predict(model, feats, val_x), val_y, ks=(1,))["top1"]
+        val_top1 = top1(scorer, val_x, val_y)
         rec = {"epoch": epoch + 1, "loss_cbl": l_cbl, "loss_ce": ce, "val_top1": val_top1,
                "tau": state.tau, "seconds": time.perf_counter() - t0}  # fmt: skip
         history.append(rec)
@@ -177,37 +177,26 @@ def _weight_change(before: dict, after: dict) -> dict:
 TRAINERS = {"cbm": fit_cbm, **BASELINE_TRAINERS}
 
 
-def _activation_summary(module, feats, x: torch.Tensor) -> dict:
-    """Mean SPEC §2 sparsity of the CBL output and mean active concepts over rows x, chunked."""
-    sums, n = torch.zeros(2, dtype=torch.float64), 0
-    module.eval()
-    with torch.no_grad():
-        for s in range(0, len(x), EVAL_CHUNK):
-            st = activation_sparsity(module.activations(feats(x[s : s + EVAL_CHUNK])))
-            sums += torch.stack([st["sparsity"].double().sum(), st["l0_eff"].double().sum()]).cpu()
-            n += len(st["sparsity"])
-    return {"act_sparsity": sums[0].item() / n, "active_concepts": sums[1].item() / n}
-
-
 def evaluate_module(module, kind: str, data: HeadData) -> dict:
-    """Top-1/top-5 of a fitted module on the validation rows and the test split; for a CBM also
-    the activation sparsity of its CBL output (fraction of |a_j| <= 1e-3 max|a|, active count)."""
-    feats = lambda x: FEATURES[kind](x, data.text)  # noqa: E731
-    splits = {"val": (data.train.x[data.val_idx], data.train.y[data.val_idx])}
-    if data.test is not None:
-        splits["test"] = (data.test.x, data.test.y)
-    out = {}
-    for name, (x, y) in splits.items():
-        out[name] = topk_accuracy(predict(module, feats, x), y)
-        if kind == "cbm":
-            out[name].update(_activation_summary(module, feats, x))
-    return out
+    """Every metric of the one evaluation path (heads.eval.evaluate) on the validation rows and
+    the test split; for a CBM also NEC, accuracy at NEC = 5 and activation sparsity."""
+    return {
+        name: evaluate(Scorer(kind, module, data.text), x, y.cpu().numpy()).metrics
+        for name, (x, y) in data.eval_splits().items()
+    }
+
+
+def zero_shot_metrics(data: HeadData) -> dict:
+    """Zero-shot top-1/top-5 on the same rows, through the same path."""
+    scorer = zero_shot_scorer(data.text)
+    return {name: evaluate(scorer, x, y.cpu().numpy()).metrics
+            for name, (x, y) in data.eval_splits().items()}  # fmt: skip
 
 
 def _prepare_out(config: FitHeadConfig) -> Path:
     out = config.out_dir()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not config.overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"head directory {out} exists and is not empty; choose another --out or pass "
             "--overwrite to replace it"
         )
@@ -249,6 +238,12 @@ def run(config: FitHeadConfig) -> FitHeadResult:
     out = _prepare_out(config)
     with open_cache(config.cache) as cache:
         data = load_data(cache, config, device)
+        n_concepts = len(data.text.concept_emb)
+        if config.topk >= n_concepts:
+            raise HeadsConfigError(
+                f"topk must be an integer in [0, |D|) = [0, {n_concepts}) (0 keeps every "
+                f"activation), got {config.topk}; this cache has |D| = {n_concepts} concepts"
+            )
         log.info("fit-head %s on %s: %d fit rows, %d val rows, |D|=%d, |C|=%d, device %s",
                  config.loss, cache.path, len(data.train_idx), len(data.val_idx),
                  len(cache.concepts), data.n_classes, device)  # fmt: skip

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from heads.device import check_device
+from core.config import option, validated
+from core.device import DEVICE_HELP, check_device
+from heads.errors import HeadsConfigError
 
 LOSSES = ("l1", "contrastive", "sparse", "probe", "zs-probe")
 CBM_LOSSES = ("l1", "contrastive", "sparse")
@@ -17,57 +19,56 @@ CBL_INITS = ("identity", "random")
 DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 
 
-def _choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
-
-
 def _positive(name: str, value, *, allow_zero: bool = False) -> None:
     ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
     if not ok:
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
+@validated(HeadsConfigError)
 @dataclass(frozen=True)
 class FitHeadConfig:
-    cache: Path  # zarr directory or .h5 file written by `embed` (read via cache.open_cache)
-    out: Path | None = None  # head directory; None -> runs/heads/<cache-stem>-<loss>
-    loss: str = "sparse"  # l1 | contrastive | sparse (CBM heads) | probe | zs-probe (baselines)
-    coupling: str = "joint"  # sequential: FC on stopgrad(a); joint: CE also reaches W_CBL
-    lr_cbl: float = 1e-3  # learning rate of the optimizer that owns W_CBL (and alpha_c)
-    lr_fc: float = 1e-3  # learning rate of the optimizer that owns W_F and its bias
-    cbl_init: str = "identity"  # identity (a = psi at init) | random (nn.Linear default)
-    topk: int = 0  # > 0: keep each image's topk largest CBL activations (opt-in, not SPEC §2)
-    optimizer: str = "adam"  # adam | adamw, for both optimizers
-    weight_decay: float = 0.0  # decoupled (adamw) or L2 (adam) weight decay, both optimizers
-    lam: float = 1e-3  # l1 strength lambda: loss term (lambda / |D|) * ||W_CBL||_1
-    epochs: int = 20  # passes over the training rows (minus validation)
-    batch_size: int = 256  # images per optimizer step
-    val_fraction: float = 0.1  # fraction of train held out (seeded) for early stopping
-    seed: int = 0  # seeds init, shuffling, the validation split and Gumbel noise
-    patience: int = 5  # epochs without a val top-1 improvement before stopping
-    tau_max: float = 1.0  # Gumbel temperature at the first step (sparse, paper variant)
-    tau_min: float = 0.1  # Gumbel temperature at the last step (exponential schedule)
-    hard: bool = False  # straight-through one-hot Gumbel samples (sparse, paper variant)
-    variant: str = "paper"  # sparse loss form: paper (eq. 9-10) | reference (published code)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N; auto is resolved at run time and recorded
-    progress: bool = True  # tqdm progress bar per epoch
-    train_split: str = "train"  # cache split to train on (validation is carved from it)
-    test_split: str | None = "test"  # cache split to report on; skipped when the cache lacks it
-    l2_grid: tuple[float, ...] = field(default=DEFAULT_L2_GRID)  # probe L2 strengths tried on val
-    probe_max_iter: int = 100  # L-BFGS iterations per L2 value (probe, zs-probe)
-    overwrite: bool = False  # replace an existing non-empty head directory
+    cache: Path = option(help="Embedding cache (zarr directory or .h5 file written by `embed`).")
+    out: Path | None = option(None, "Head directory (default: runs/heads/<cache-stem>-<loss>).")
+    loss: str = option("sparse", "CBL loss (l1 | contrastive | sparse), or a baseline.",
+                       choices=LOSSES)  # fmt: skip
+    coupling: str = option("joint", "sequential: FC trains on stopgrad(a); joint: CE also "
+                           "reaches W_CBL.", choices=COUPLINGS)  # fmt: skip
+    lr_cbl: float = option(1e-3, "Learning rate of the optimizer that owns W_CBL (and alpha_c).")
+    lr_fc: float = option(1e-3, "Learning rate of the optimizer that owns W_F and its bias.")
+    cbl_init: str = option("identity", "identity: a = psi at step 0; random: nn.Linear's default.",
+                           choices=CBL_INITS)  # fmt: skip
+    topk: int = option(0, "Keep each image's k largest CBL activations, zero the rest "
+                       "(0 = off, SPEC §2).")  # fmt: skip
+    optimizer: str = option("adam", "Optimizer of both layers.", choices=OPTIMIZERS)
+    weight_decay: float = option(0.0, "Weight decay of both optimizers (decoupled for adamw).")
+    lam: float = option(1e-3, "l1 strength lambda: loss term (lambda / |D|) * ||W_CBL||_1.",
+                        flag="--lambda")  # fmt: skip
+    epochs: int = option(20, "Maximum passes over the training rows (minus validation).")
+    batch_size: int = option(256, "Images per optimizer step.")
+    val_fraction: float = option(0.1, "Fraction of train held out (seeded) for early stopping.")
+    seed: int = option(0, "Seeds init, shuffling, the validation split and Gumbel noise.")
+    patience: int = option(5, "Epochs without a validation top-1 gain before stopping.")
+    tau_max: float = option(1.0, "Gumbel temperature at the first step (sparse, paper variant).")
+    tau_min: float = option(0.1, "Gumbel temperature at the last step (exponential schedule).")
+    hard: bool = option(False, "Straight-through one-hot Gumbel samples (sparse, paper variant).")
+    variant: str = option("paper", "Sparse loss form: paper (eq. 9-10) | reference (published "
+                          "code).", choices=VARIANTS)  # fmt: skip
+    device: str = option("auto", DEVICE_HELP)
+    progress: bool = option(True, "Show progress bars.")
+    train_split: str = option("train", "Cache split to train on (validation is carved from it).")
+    test_split: str | None = option("test", "Cache split to report on; skipped when the cache "
+                                    "lacks it.")  # fmt: skip
+    l2_grid: tuple[float, ...] = option(DEFAULT_L2_GRID, "Probe L2 strengths tried on "
+                                        "validation (repeat the option).")  # fmt: skip
+    probe_max_iter: int = option(100, "L-BFGS iterations per L2 value (probe, zs-probe).")
+    overwrite: bool = option(False, "Replace an existing non-empty head directory.")
 
     def __post_init__(self):
         object.__setattr__(self, "cache", Path(self.cache))
         if self.out is not None:
             object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "l2_grid", tuple(float(v) for v in self.l2_grid))
-        _choice("loss", self.loss, LOSSES)
-        _choice("coupling", self.coupling, COUPLINGS)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("variant", self.variant, VARIANTS)
-        _choice("cbl_init", self.cbl_init, CBL_INITS)
         check_device(self.device)
         for name in ("lr_cbl", "lr_fc", "tau_max", "tau_min"):
             _positive(name, getattr(self, name))

@@ -2,7 +2,7 @@
 
 - cms-eval: CMS (thesis §4.2, SPEC §3) beside zero-shot CLIP on the same split(s); per-image
   predictions with the top contributing concepts, per-class accuracies, metrics JSON.
-- evaluate: a trained head (`heads.artifact.load_head`, refused on another cache's
+- evaluate: a trained head (`heads.io.artifact.load_head`, refused on another cache's
   fingerprint) on one split: top-1/top-5, per-class accuracy, confusion matrix, and for a
   concept bottleneck NEC, accuracy at NEC = 5 / averaged over 5..30, activation sparsity
   (SPEC §2 "Metrics"); zero-shot on the same split for reference.
@@ -24,14 +24,17 @@ import pandas as pd
 import torch
 
 from cache import open_cache
-from heads.artifact import load_head
-from heads.cms import NORMALIZE_CHOICES, build_scorer, cms_predict, resolve_normalize
-from heads.cms import zero_shot_predict as zs_predict
-from heads.device import check_device, resolve_device
-from heads.evaldata import (
+from core.device import resolve_device
+from heads.baselines.cms import build_scorer, cms_predict, resolve_normalize
+from heads.eval.config import CmsEvalConfig, EvaluateConfig, ExplainConfig  # noqa: F401
+from heads.eval.evaluate import evaluate, per_class_frame, zero_shot_scorer
+from heads.eval.explain import Explanation, explain_cbm, explain_cms_row
+from heads.eval.metrics import classification_metrics
+from heads.eval.plots import plot_confusion, plot_contributions
+from heads.features import TextTensors
+from heads.io.artifact import load_head
+from heads.io.evaldata import (
     EvalInputError,
-    check_choice,
-    check_positive_int,
     check_split_name,
     load_split,
     locate_row,
@@ -39,10 +42,6 @@ from heads.evaldata import (
     write_csv,
     write_json,
 )
-from heads.explain import Explanation, explain_cbm, explain_cms_row
-from heads.headeval import evaluate_head, per_class_frame
-from heads.metrics import classification_metrics
-from heads.plots import plot_confusion, plot_contributions
 
 log = logging.getLogger(__name__)
 
@@ -53,38 +52,7 @@ def _jsonable_config(cfg) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
 
 
-def _check_common(cfg) -> None:
-    object.__setattr__(cfg, "cache", Path(cfg.cache))
-    if cfg.out is not None:
-        object.__setattr__(cfg, "out", Path(cfg.out))
-    check_device(cfg.device)
-    check_positive_int("chunk_size", cfg.chunk_size)
-
-
 # ------------------------------------------------------------------ cms-eval
-
-
-@dataclass(frozen=True)
-class CmsEvalConfig:
-    cache: Path  # zarr directory or .h5 file written by `embed`
-    normalize: str = "none"  # none | sum (= none) | column | zscore, per-concept columns
-    splits: tuple[str, ...] = ("test",)  # splits to evaluate, each reported on its own
-    out: Path | None = None  # output directory; None -> runs/cms/<cache-stem>
-    chunk_size: int = 4096  # image rows per matmul; memory ~ chunk * (|D| + |C|) * 4 bytes
-    top_concepts: int = 5  # contributing concepts per image in the predictions CSV
-    device: str = "auto"  # auto | cpu | cuda | cuda:N; resolved at run time and recorded
-    progress: bool = True  # tqdm bar over chunks
-
-    def __post_init__(self):
-        _check_common(self)
-        check_choice("normalize", self.normalize, NORMALIZE_CHOICES)
-        object.__setattr__(self, "splits", tuple(self.splits))
-        if not self.splits or len(set(self.splits)) != len(self.splits):
-            raise ValueError(f"splits must be non-empty and distinct, got {list(self.splits)}")
-        check_positive_int("top_concepts", self.top_concepts)
-
-    def out_dir(self) -> Path:
-        return self.out if self.out is not None else Path("runs/cms") / self.cache.stem
 
 
 @dataclass(frozen=True)
@@ -132,10 +100,12 @@ def _cms_one_split(cfg, cache, split, normalize, device, text):
         progress=cfg.progress,
     )
     seconds = time.perf_counter() - t0
-    zs_pred, zs_top = zs_predict(data.image_emb, text[1], chunk_size=cfg.chunk_size, device=device)
+    zs = evaluate(zero_shot_scorer(TextTensors.from_cache(cache, device)), data.image_emb,
+                  data.labels, chunk_rows=cfg.chunk_size)  # fmt: skip
+    zs_pred = torch.from_numpy(zs.pred)
     n_classes = len(cache.classes)
     metrics = {  # flat keys stay the same across normalisations, so runs line up in a table
-        "zero_shot": classification_metrics(zs_top, data.labels, n_classes),
+        "zero_shot": zs.metrics,
         "cms": classification_metrics(out.topk, data.labels, n_classes),
     }
     flat = {f"{split}/{m}/{k}": v for m, d in metrics.items() for k, v in d.items()}
@@ -185,24 +155,6 @@ def run_cms_eval(cfg: CmsEvalConfig) -> CmsEvalResult:
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
-    cache: Path  # the cache the head was fitted on (fingerprint checked)
-    head: Path  # head directory (model.safetensors + config.json from `fit-head`)
-    split: str = "test"  # split to evaluate (official test split by default)
-    out: Path | None = None  # output directory; None -> runs/eval/<head-dir-name>
-    chunk_size: int = 8192  # image rows per forward pass; memory ~ chunk * |D| * 4 bytes
-    device: str = "auto"  # auto | cpu | cuda | cuda:N; resolved at run time and recorded
-    progress: bool = True  # tqdm bar over chunks
-
-    def __post_init__(self):
-        _check_common(self)
-        object.__setattr__(self, "head", Path(self.head))
-
-    def out_dir(self) -> Path:
-        return self.out if self.out is not None else Path("runs/eval") / self.head.name
-
-
-@dataclass(frozen=True)
 class EvaluateResult:
     metrics: dict  # flat metric -> value (also in metrics.json under "metrics")
     per_class: pd.DataFrame  # class_index, class, n, accuracy
@@ -221,9 +173,10 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         check_split_name(cache, cfg.split)
         head = load_head(cfg.head, cache, device=device)  # HeadCacheMismatchError on mismatch
         data = load_split(cache, cfg.split)
-        ev = evaluate_head(head, cache, data, chunk_size=cfg.chunk_size, progress=cfg.progress)
-        _, zs_top = zs_predict(data.image_emb, cache.class_emb(), chunk_size=cfg.chunk_size)
-        zs = classification_metrics(zs_top, data.labels, len(cache.classes))
+        scorer = head.scorer(cache)
+        x, y = data.image_emb, data.labels
+        ev = evaluate(scorer, x, y, chunk_rows=cfg.chunk_size, progress=cfg.progress)
+        zs = evaluate(zero_shot_scorer(scorer.text), x, y, chunk_rows=cfg.chunk_size).metrics
         metrics = {**ev.metrics, "zero_shot_top1": zs["top1"], "zero_shot_top5": zs["top5"]}
         record = {
             "task": "evaluate",
@@ -236,10 +189,13 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
             "config": _jsonable_config(cfg),
             "metrics": metrics,
         }
+        per_class = ev.per_class(cache.classes, y)
         files = {
             "metrics": write_json(out_dir / f"metrics_{cfg.split}.json", record),
-            "per_class": write_csv(out_dir / f"per_class_{cfg.split}.csv", ev.per_class),
-            "predictions": write_csv(out_dir / f"predictions_{cfg.split}.csv", ev.predictions),
+            "per_class": write_csv(out_dir / f"per_class_{cfg.split}.csv", per_class),
+            "predictions": write_csv(
+                out_dir / f"predictions_{cfg.split}.csv", ev.predictions(data.ids, y)
+            ),
             "confusion_csv": write_csv(
                 out_dir / f"confusion_{cfg.split}.csv",
                 pd.DataFrame(ev.confusion, index=cache.classes, columns=cache.classes)
@@ -253,40 +209,10 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
                 title=f"{cfg.head.name} on {cfg.split} (top-1 {100 * ev.metrics['top1']:.2f}%)",
             ),
         }
-    return EvaluateResult(metrics, ev.per_class, files)
+    return EvaluateResult(metrics, per_class, files)
 
 
 # ------------------------------------------------------------------ explain
-
-
-@dataclass(frozen=True)
-class ExplainConfig:
-    cache: Path  # embedding cache
-    index: int  # row of the split (0-based, counting every row of the split)
-    head: Path | None = None  # cbm head directory; None -> explain the CMS prediction
-    split: str = "test"  # split the row belongs to
-    out: Path | None = None  # bar chart .png (CSV beside it); None -> runs/explain/...
-    top_k: int = 10  # concepts in the table and the chart
-    normalize: str = "none"  # CMS only: none | sum | column | zscore
-    chunk_size: int = 4096  # CMS only: rows per pass for the column statistics
-    device: str = "auto"  # auto | cpu | cuda | cuda:N; resolved at run time and recorded
-
-    def __post_init__(self):
-        _check_common(self)
-        if self.head is not None:
-            object.__setattr__(self, "head", Path(self.head))
-        if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
-            raise ValueError(f"index must be an integer >= 0, got {self.index!r}")
-        check_positive_int("top_k", self.top_k)
-        check_choice("normalize", self.normalize, NORMALIZE_CHOICES)
-        if self.out is not None and self.out.suffix.lower() != ".png":
-            raise ValueError(f"out must be a .png path, got {str(self.out)!r}")
-
-    def out_path(self) -> Path:
-        if self.out is not None:
-            return self.out
-        who = self.head.name if self.head is not None else f"cms-{self.normalize}"
-        return Path("runs/explain") / who / f"{self.split}-{self.index}.png"
 
 
 @dataclass(frozen=True)
@@ -312,7 +238,7 @@ def _explain_head(cfg, cache, data, pos, device) -> Explanation:
             f"explain needs a concept-bottleneck head (kind 'cbm'); {cfg.head} is kind "
             f"{head.kind!r}, which has no concepts. Use a cbm head, or omit --head for CMS."
         )
-    a = head.activations(data.image_emb[pos : pos + 1], cache)[0]  # (|D|,)
+    a = head.scorer(cache).activations(data.image_emb[pos : pos + 1])[0]  # (|D|,)
     fc = head.module.fc
     return explain_cbm(a, fc.weight, fc.bias, cache.concepts, k=cfg.top_k)
 

@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from heads.data import HeadData
+from heads.chunks import CHUNK_ROWS, iter_chunks
+from heads.eval.evaluate import Scorer, top1
 from heads.features import FEATURES
-from heads.scoring import EVAL_CHUNK, predict, topk_accuracy
+from heads.io.data import HeadData
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +33,11 @@ ZS_PROBE_NOTE = (
 )
 
 
-def zero_shot_metrics(data: HeadData) -> dict:
-    """Zero-shot top-1/top-5 on the validation rows and (if present) the test split."""
-    zs = lambda x: FEATURES["zs-probe"](x, data.text)  # noqa: E731  alpha * I @ C.T
-    val = data.val_idx
-    out = {"val": topk_accuracy(predict(nn.Identity(), zs, data.train.x[val]), data.train.y[val])}
-    if data.test is not None:
-        out["test"] = topk_accuracy(predict(nn.Identity(), zs, data.test.x), data.test.y)
-    return out
-
-
 def _fit_chunks(feats_fn, split, rows) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(features, labels) of the fit rows, built once in chunks (n x width fp32 in memory)."""
     return [
-        (feats_fn(split.x[rows[s : s + EVAL_CHUNK]]), split.y[rows[s : s + EVAL_CHUNK]])
-        for s in range(0, len(rows), EVAL_CHUNK)
+        (feats_fn(split.x[rows[sl]]), split.y[rows[sl]])
+        for sl in iter_chunks(len(rows), CHUNK_ROWS)
     ]
 
 
@@ -85,7 +76,7 @@ def fit_logreg(data: HeadData, kind: str, config, device) -> tuple[nn.Linear, di
     scores, best, best_state = {}, -1.0, None
     for l2 in tqdm(grid, desc=f"fit-head {kind} L2 grid", disable=not config.progress):
         _lbfgs_fit(layer, chunks, l2, config.probe_max_iter)
-        acc = topk_accuracy(predict(layer, feats, val_x), val_y, ks=(1,))["top1"]
+        acc = top1(Scorer(kind, layer, data.text), val_x, val_y)
         scores[repr(l2)] = acc
         log.info("%s: L2 %.1e -> val top-1 %.4f", kind, l2, acc)
         if acc > best:

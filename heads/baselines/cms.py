@@ -11,7 +11,7 @@ Algorithm 1 loops over (image, class) pairs; here each chunk of image rows is a 
 matmuls (fp32 accumulation, fp16 input upcast first), so memory is bounded by
 `chunk_size` rows and never by N. Ties break to the lowest class index (what
 `torch.argmax` documents) and top-k lists keep tied classes in index order
-(`heads.metrics.ranked`); identical class rows share one score column, so a tie between
+(`heads.eval.metrics.ranked`); identical class rows share one score column, so a tie between
 duplicated classes is exact. A row of V or T with zero norm has cosine 0 with everything.
 
 Column normalisation (`--normalize`) transforms each concept column of V and of T with
@@ -28,7 +28,6 @@ for zscore, the image covariance (E, E), so it is far cheaper than building V tw
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -36,53 +35,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from heads.metrics import ranked
+from heads.baselines.normalize import (  # noqa: F401
+    ALIASES,
+    NORMALIZE_CHOICES,
+    NORMALIZERS,
+    Normalizer,
+    resolve_normalize,
+)
+from heads.chunks import CHUNK_ROWS, iter_chunks
+from heads.eval.metrics import ranked
 
 log = logging.getLogger(__name__)
 
 _EPS = 1e-12  # norms and column scales below this count as zero
-
-
-@dataclass(frozen=True)
-class Normalizer:
-    """Per-column map x -> (x - mean if center) / scale(mean, std), stats over a matrix's rows."""
-
-    center: bool  # subtract the column mean
-    scale: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None  # None: 1
-    doc: str
-
-    @property
-    def needs_std(self) -> bool:  # the first pass must accumulate the image covariance
-        return self.center
-
-
-NORMALIZERS: dict[str, Normalizer] = {
-    "none": Normalizer(False, None, "raw cosines (Algorithm 1 as written)"),
-    "column": Normalizer(False, lambda mean, std: mean, "divide each column by its mean"),
-    "zscore": Normalizer(True, lambda mean, std: std, "subtract column mean, divide by std"),
-}
-# Row-sum scaling cannot change a row-scale-invariant cosine, so it is `none` (SPEC §3).
-ALIASES: dict[str, str] = {"sum": "none"}
-NORMALIZE_CHOICES: tuple[str, ...] = (*NORMALIZERS, *ALIASES)
-_alias_logged: set[str] = set()
-
-
-def resolve_normalize(name: str) -> str:
-    """Canonical normaliser name; logs once per process when an alias is chosen."""
-    if name in NORMALIZERS:
-        return name
-    if name in ALIASES:
-        target = ALIASES[name]
-        if name not in _alias_logged:
-            _alias_logged.add(name)
-            log.info(
-                "normalize=%r is an alias of %r: scaling a row of V or T by its sum cannot "
-                "change the per-row cosine CMS takes, so results are identical",
-                name,
-                target,
-            )
-        return target
-    raise ValueError(f"normalize={name!r} is not known; allowed: {', '.join(NORMALIZE_CHOICES)}")
 
 
 def _as_tensor(x, name: str, ndim: int) -> torch.Tensor:
@@ -112,14 +77,6 @@ def _check_inputs(image_emb, concept_emb, class_emb):
             f"need at least one concept and one class, got |D|={con.shape[0]}, |C|={cls.shape[0]}"
         )
     return img, con, cls
-
-
-def iter_chunks(n: int, chunk_size: int) -> Iterator[slice]:
-    """Row slices [0, c), [c, 2c), ... covering n rows (the last one may be shorter)."""
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    for start in range(0, n, chunk_size):
-        yield slice(start, min(start + chunk_size, n))
 
 
 def image_moments(
@@ -223,7 +180,7 @@ def _normalise_t(t: torch.Tensor, norm: Normalizer) -> torch.Tensor:
 
 
 def build_scorer(
-    image_emb, concept_emb, class_emb, *, normalize="none", chunk_size=4096, device="cpu"
+    image_emb, concept_emb, class_emb, *, normalize="none", chunk_size=CHUNK_ROWS, device="cpu"
 ) -> CmsScorer:
     """Prepare CMS for one split: T, and V's column statistics over all of `image_emb`."""
     name = resolve_normalize(normalize)
@@ -289,7 +246,7 @@ def cms_predict(
     class_emb,
     *,
     normalize: str = "none",
-    chunk_size: int = 4096,
+    chunk_size: int = CHUNK_ROWS,
     top_k: int = 5,
     n_concepts: int = 5,
     keep_scores: bool = False,
@@ -339,7 +296,7 @@ def cms_explain(scorer: CmsScorer, image_row, cls: int | None = None) -> dict[st
 
 
 def zero_shot_predict(
-    image_emb, class_emb, *, chunk_size: int = 4096, top_k: int = 5, device="cpu"
+    image_emb, class_emb, *, chunk_size: int = CHUNK_ROWS, top_k: int = 5, device="cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-shot CLIP: argmax_m <i, c_m> (cosine; scale-free). Returns pred (N,), topk (N, k)."""
     img = _as_tensor(image_emb, "image_emb", 2)

@@ -1,0 +1,107 @@
+"""Configs of the evaluation commands `cms-eval`, `evaluate`, `explain` (validated, no I/O).
+
+torch-free, so the CLI builds its options from these fields without importing torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.config import option, validated
+from core.device import DEVICE_HELP, check_device
+from heads.baselines.normalize import NORMALIZE_CHOICES
+from heads.chunks import CHUNK_ROWS
+from heads.errors import HeadsConfigError
+
+CACHE_HELP = "Embedding cache (zarr directory or .h5 file)."
+CHUNK_HELP = "Image rows per matmul (bounds memory: chunk x (|D| + |C|) x 4 bytes)."
+NORMALIZE_HELP = "CMS column normalisation; sum = none (row scaling keeps every cosine)."
+
+
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _check_common(cfg) -> None:
+    object.__setattr__(cfg, "cache", Path(cfg.cache))
+    if cfg.out is not None:
+        object.__setattr__(cfg, "out", Path(cfg.out))
+    check_device(cfg.device)
+    _positive_int("chunk_size", cfg.chunk_size)
+
+
+@validated(HeadsConfigError)
+@dataclass(frozen=True)
+class CmsEvalConfig:
+    cache: Path = option(help=CACHE_HELP)
+    normalize: str = option("none", NORMALIZE_HELP, choices=NORMALIZE_CHOICES)
+    splits: tuple[str, ...] = option(("test",), "Split to evaluate; repeat for more.",
+                                     flag="--split")  # fmt: skip
+    out: Path | None = option(None, "Output directory (default: "
+                              "runs/cms/<cache-stem>-<normalize>).")  # fmt: skip
+    chunk_size: int = option(CHUNK_ROWS, CHUNK_HELP)
+    top_concepts: int = option(5, "Contributing concepts per image in the predictions CSV.")
+    device: str = option("auto", DEVICE_HELP)
+    progress: bool = option(True, "Show progress bars.")
+
+    def __post_init__(self):
+        _check_common(self)
+        object.__setattr__(self, "splits", tuple(self.splits))
+        if not self.splits or len(set(self.splits)) != len(self.splits):
+            raise ValueError(f"splits must be non-empty and distinct, got {list(self.splits)}")
+        _positive_int("top_concepts", self.top_concepts)
+
+    def out_dir(self) -> Path:
+        default = Path("runs/cms") / f"{self.cache.stem}-{self.normalize}"
+        return self.out if self.out is not None else default
+
+
+@validated(HeadsConfigError)
+@dataclass(frozen=True)
+class EvaluateConfig:
+    cache: Path = option(help="The cache the head was fitted on (fingerprint checked).")
+    head: Path = option(help="Head directory written by fit-head.")
+    split: str = option("test", "Split to evaluate (the official test split by default).")
+    out: Path | None = option(None, "Output directory (default: runs/eval/<head-name>).")
+    chunk_size: int = option(CHUNK_ROWS, CHUNK_HELP)
+    device: str = option("auto", DEVICE_HELP)
+    progress: bool = option(True, "Show progress bars.")
+
+    def __post_init__(self):
+        _check_common(self)
+        object.__setattr__(self, "head", Path(self.head))
+
+    def out_dir(self) -> Path:
+        return self.out if self.out is not None else Path("runs/eval") / self.head.name
+
+
+@validated(HeadsConfigError)
+@dataclass(frozen=True)
+class ExplainConfig:
+    cache: Path = option(help=CACHE_HELP)
+    index: int = option(help="Row of the split (0-based, counting every row of the split).")
+    head: Path | None = option(None, "cbm head directory (default: explain the CMS prediction).")
+    split: str = option("test", "Split the row belongs to.")
+    out: Path | None = option(None, "Bar chart .png, CSV beside it (default: runs/explain/...).")
+    top_k: int = option(10, "Concepts in the table and the chart.")
+    normalize: str = option("none", "CMS only: " + NORMALIZE_HELP, choices=NORMALIZE_CHOICES)
+    chunk_size: int = option(CHUNK_ROWS, "CMS only: " + CHUNK_HELP)
+    device: str = option("auto", DEVICE_HELP)
+
+    def __post_init__(self):
+        _check_common(self)
+        if self.head is not None:
+            object.__setattr__(self, "head", Path(self.head))
+        if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
+            raise ValueError(f"index must be an integer >= 0, got {self.index!r}")
+        _positive_int("top_k", self.top_k)
+        if self.out is not None and self.out.suffix.lower() != ".png":
+            raise ValueError(f"out must be a .png path, got {str(self.out)!r}")
+
+    def out_path(self) -> Path:
+        if self.out is not None:
+            return self.out
+        who = self.head.name if self.head is not None else f"cms-{self.normalize}"
+        return Path("runs/explain") / who / f"{self.split}-{self.index}.png"

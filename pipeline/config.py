@@ -1,0 +1,71 @@
+"""EmbedConfig: the single source of truth for one `embed` run (validated, no I/O, torch-free).
+
+Also the stage-one constants every command shares: the default CLIP model and the compute
+dtype names (`pipeline.encoder.DTYPES` is built from them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cache.backend import format_of
+from core.config import option, validated
+from core.device import DEVICE_HELP, check_device
+from pipeline.datasets import DATASETS
+from pipeline.errors import PipelineConfigError
+
+DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
+DTYPE_TORCH_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+FORMATS = ("zarr", "hdf5")
+
+
+@validated(PipelineConfigError)
+@dataclass(frozen=True)
+class EmbedConfig:
+    dataset: str = option(help="Dataset reader.", choices=lambda: sorted(DATASETS))
+    root: Path = option(help="Dataset root (for csv: the path,label manifest).")
+    out: Path = option(help="Cache path: a directory (zarr) or a .h5 file (hdf5).")
+    concepts: Path = option(help="Concept list: .txt (one per line) or the CSV of `concepts`.")
+    model: str = option(DEFAULT_CLIP_MODEL, "Hugging Face CLIP id or local directory.")
+    revision: str | None = option(None, "Hub branch, tag or commit.")
+    splits: tuple[str, ...] = option(("train", "test"), "Split(s) to embed (repeatable).",
+                                     flag="--split")  # fmt: skip
+    format: str | None = option(None, "Storage; default from --out's suffix (.h5 -> hdf5, "
+                                "else zarr).", choices=FORMATS)  # fmt: skip
+    device: str = option("auto", DEVICE_HELP)
+    dtype: str = option("auto", "Compute dtype; auto = fp16 on GPU, fp32 on CPU.",
+                        choices=("auto", *DTYPE_TORCH_NAMES))  # fmt: skip
+    batch_size: int = option(256, "Images per forward pass.")
+    workers: int = option(-1, "Decode processes; -1 = all cores but one (at most 32).")
+    compile: bool = option(False, "torch.compile the vision tower.")
+    templates: str = option("default", "Class prompt templates: default | bare | imagenet80 | "
+                            "path to a file.")  # fmt: skip
+    shard_rows: int = option(65536, "Rows per shard (unit of work, resume and rank ownership).")
+    chunk_rows: int = option(4096, "Rows per chunk (unit a reader decodes).")
+    jpeg_draft: bool = option(False, "Decode big JPEGs at reduced DCT scale (faster, not "
+                              "bit-exact with the reference processor).")  # fmt: skip
+    download: bool = option(False, "Download the dataset where supported (CIFAR).")
+    classes_file: Path | None = option(None, "Class names, one per line (csv manifests).")
+    overwrite: bool = option(False, "Replace an existing different cache at --out.")
+    seed: int = option(0, "Recorded in the cache; stage one itself is deterministic.")
+    progress: bool = option(True, "Show progress bars.")
+    extra: dict = option(default_factory=dict, compare=False, cli=False)  # notes kept in metadata
+
+    def __post_init__(self) -> None:
+        if self.format and self.format != format_of(Path(self.out)):
+            hint = (
+                "a path ending in .h5" if self.format == "hdf5" else "a directory path (e.g. .zarr)"
+            )
+            raise ValueError(f"--format {self.format} needs --out {hint}; got {self.out}")
+        check_device(self.device)
+        for name in ("batch_size", "shard_rows", "chunk_rows"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.shard_rows % min(self.chunk_rows, self.shard_rows):
+            raise ValueError(
+                f"shard_rows ({self.shard_rows}) must be a multiple of chunk_rows "
+                f"({self.chunk_rows})"
+            )
+        if not self.splits or len(set(self.splits)) != len(self.splits):
+            raise ValueError(f"splits must be distinct and non-empty, got {self.splits}")
