@@ -2,9 +2,10 @@
 
 `config_command(app, name, Config, lazy=..., help=...)` adds a command whose options are
 exactly the fields of `Config` (help, choices, option names and defaults from the
-`core.config.option` metadata), so adding an option means adding one field. The command builds the config, calls `run(config)`,
-prints `render(result)`. Errors: a `core.errors.ClipCbmError` (bad input, with what to do) is
-printed as one line and exits 2; anything else keeps its traceback (a bug, an out-of-memory).
+`core.config.option` metadata), so adding an option means adding one field. The command
+builds the config, calls `run(config)` and prints `render(config, result)`. Errors: a
+`core.errors.ClipCbmError` (bad input, with what to do) is printed as one line and exits 2;
+anything else keeps its traceback (a bug, an out-of-memory).
 """
 
 from __future__ import annotations

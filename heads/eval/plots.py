@@ -1,16 +1,21 @@
-"""PNG figures for evaluation: explanation bar charts and confusion matrices (matplotlib, Agg)."""
+"""PNG figures: explanation bar charts, confusion matrices, comparison plots.
+
+Figures are `matplotlib.figure.Figure` objects drawn on an Agg canvas and written atomically;
+pyplot and the global backend are never touched, so importing this module inside a notebook
+does not change the notebook's backend.
+"""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only, never a display; set before pyplot is imported
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from core import atomic
 
 MAX_TICK_LABELS = 40  # above this many classes the axes carry no class names
 MAX_LABEL_CHARS = 40  # longer concept names are cut with an ellipsis
@@ -20,18 +25,28 @@ def _short(text: str) -> str:
     return text if len(text) <= MAX_LABEL_CHARS else text[: MAX_LABEL_CHARS - 1] + "…"
 
 
+def new_figure(figsize):
+    """A Figure on its own Agg canvas and one axes (no pyplot, no global state)."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> Path:
+    """Write `fig` as a PNG at `path`, atomically."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return atomic.write_bytes(path, buf.getvalue())
+
+
 def _figure(path: Path, figsize):
-    """A new figure and axes for `path` (its folder is created)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return plt.subplots(figsize=figsize)
+    return new_figure(figsize)
 
 
 def _save(fig, ax, path: Path, title: str, dpi: int) -> Path:
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi)
 
 
 def plot_contributions(table: pd.DataFrame, title: str, path: Path) -> Path:

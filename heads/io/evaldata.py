@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core import atomic
 from heads.errors import EvalInputError
 
 log = logging.getLogger(__name__)
@@ -125,15 +126,13 @@ def _jsonable(x):
 
 
 def write_json(path: Path, obj: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
-    return path
+    """JSON (NaN -> null), written atomically."""
+    return atomic.write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
 
 
 def write_csv(path: Path, df: pd.DataFrame) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=False)
-    return path
+    """CSV without the index, written atomically."""
+    return atomic.write_text(path, df.to_csv(index=False))
 
 
 def percent_table(df: pd.DataFrame, columns) -> str:
