@@ -70,6 +70,9 @@ def _cli_type(f: dataclasses.Field, tp):
     allowed = choices_of(f)
     if typing.get_origin(base) is tuple:  # tuple[X, ...] -> repeatable option
         item = typing.get_args(base)[0]
+        if allowed is not None:
+            e = _enum("".join(p.title() for p in f.name.split("_")), allowed)
+            return list[e], (lambda v: None if v is None else tuple(x.value for x in v))
         return list[item], (lambda v: None if v is None else tuple(v))
     if allowed is not None:
         e = _enum("".join(p.title() for p in f.name.split("_")), allowed)
@@ -88,7 +91,7 @@ def _parameter(f: dataclasses.Field, tp) -> tuple[inspect.Parameter, Callable]:
     if f.default is not dataclasses.MISSING:
         default = f.default
         if isinstance(default, tuple):
-            default = list(default)
+            default = list(default)  # typer converts choice strings to the Enum itself
         elif isinstance(default, str) and choices_of(f) is not None:
             default = ann.__args__[0](default) if typing.get_origin(ann) else ann(default)
     elif f.default_factory is not dataclasses.MISSING:

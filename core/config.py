@@ -65,8 +65,10 @@ def check_choices(config, error: type[ConfigError] = ConfigError) -> None:
     for f in dataclasses.fields(config):
         allowed = choices_of(f)
         value = getattr(config, f.name)
-        if allowed is not None and value is not None:
-            check_choice(flag_of(f), value, allowed, error)
+        if allowed is None or value is None:
+            continue
+        for v in value if isinstance(value, tuple | list) else (value,):
+            check_choice(flag_of(f), v, allowed, error)
 
 
 def validated(error: type[ConfigError]):

@@ -10,7 +10,7 @@ import typer
 
 from core.cli import config_command
 from heads.cbm.config import FitHeadConfig
-from heads.eval.config import CmsEvalConfig, EvaluateConfig, ExplainConfig
+from heads.eval.config import CmsEvalConfig, CompareConfig, EvaluateConfig, ExplainConfig
 
 app = typer.Typer()
 
@@ -100,4 +100,19 @@ config_command(
     ExplainConfig,
     lazy=_explain,
     help="Top concepts of one prediction (cbm head, or CMS) as a table, CSV and bar chart PNG.",
+)
+
+
+def _compare():
+    from heads.compare import describe, run_compare
+
+    return run_compare, describe
+
+
+config_command(
+    app,
+    "compare",
+    CompareConfig,
+    lazy=_compare,
+    help="Every head at its defaults and every baseline on one cache: results.csv/.md/.png.",
 )

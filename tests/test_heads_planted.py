@@ -19,6 +19,9 @@ N_CLASSES = 5
 CHANCE = 1 / N_CLASSES
 HEADS = ("l1", "contrastive", "sparse", "probe", "zs-probe")
 FIT = dict(batch_size=64, epochs=30, patience=10, progress=False)  # 540 fit rows: 9 steps/epoch
+# the SPEC §2 CBM as the thesis states it (diagonal positives, W_F from zero, no TopK): the
+# mechanics tests below are about that model; the product's defaults are tested further down
+SPEC_CBM = dict(fc_init="zero", positives="diagonal", topk=0)
 TOPK = 5  # the opt-in TopK bottleneck (fit-head --topk): 5 of |D| = 24 concepts per image
 CBMS = ("l1", "contrastive", "sparse", "sparse-topk")
 
@@ -27,13 +30,21 @@ CBMS = ("l1", "contrastive", "sparse", "sparse-topk")
 def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted_heads")
     path = make_planted_cache(root / "p.zarr", n_classes=N_CLASSES, noise=2.5, seed=0)
+    spec = lambda loss: SPEC_CBM if loss in ("l1", "contrastive", "sparse") else {}  # noqa: E731
     results = {
-        loss: run(FitHeadConfig(cache=path, out=root / loss, loss=loss, seed=0, **FIT))
+        loss: run(
+            FitHeadConfig(cache=path, out=root / loss, loss=loss, seed=0, **spec(loss), **FIT)
+        )
         for loss in HEADS
     }
     results["sparse-topk"] = run(
-        FitHeadConfig(cache=path, out=root / "sparse-topk", loss="sparse", topk=TOPK, seed=0, **FIT)
-    )
+        FitHeadConfig(cache=path, out=root / "sparse-topk", loss="sparse", seed=0,
+                      **{**SPEC_CBM, "topk": TOPK}, **FIT)
+    )  # fmt: skip
+    for loss in ("l1", "contrastive", "sparse"):  # the product's defaults
+        results[f"{loss}-default"] = run(
+            FitHeadConfig(cache=path, out=root / f"{loss}-default", loss=loss, progress=False)
+        )
     with open_cache(path) as c:
         test = c.split("test").valid()
         yield {
@@ -146,7 +157,8 @@ FIT_GRID = FitHeadConfig(cache="x").l2_grid
 
 
 def test_fit_is_deterministic(planted, tmp_path):
-    cfg = FitHeadConfig(cache=planted["path"], out=tmp_path / "again", loss="sparse", **FIT)
+    cfg = FitHeadConfig(cache=planted["path"], out=tmp_path / "again", loss="sparse", **SPEC_CBM,
+                        **FIT)  # fmt: skip
     again = load_head(run(cfg).out_dir)
     first = load_head(planted["results"]["sparse"].out_dir)
     for k, v in first.module.state_dict().items():
@@ -201,3 +213,52 @@ def test_coupling_decides_whether_ce_reaches_w_cbl(planted, loss, coupling, ce_r
     assert torch.allclose(got, with_ce if ce_reaches_cbl else only_cbl, rtol=1e-4, atol=1e-6)
     assert not torch.allclose(only_cbl, with_ce, rtol=1e-4, atol=1e-6)
     assert model.fc.weight.grad is not None and model.fc.weight.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------ the product's defaults
+
+
+@pytest.mark.parametrize("loss", ("l1", "contrastive", "sparse"))
+def test_default_heads_are_never_below_their_start_on_validation(planted, loss):
+    """Early stopping evaluates step 0: the kept head is at least as good on validation as the
+    zero-shot-initialised start (for dense heads that start is the zero-shot classifier)."""
+    r = planted["results"][f"{loss}-default"]
+    hist = r.history
+    assert hist[0]["step"] == 0
+    assert r.metrics["val"]["top1"] == pytest.approx(max(h["val_top1"] for h in hist))
+    assert r.metrics["val"]["top1"] >= hist[0]["val_top1"]
+    if loss != "sparse":  # dense: step 0 is the zero-shot classifier (class_emb in span(D))
+        assert hist[0]["val_top1"] == pytest.approx(r.metrics["zero_shot"]["val"]["top1"])
+        assert r.metrics["test"]["top1"] >= r.metrics["zero_shot"]["test"]["top1"] - 0.01
+
+
+def test_default_sparse_head_is_sparse_where_the_final_layer_looks(planted):
+    c, x = planted["cache"], planted["x"]
+    r = planted["results"]["sparse-default"]
+    head = load_head(r.out_dir, c)
+    k = head.config["topk"]
+    assert 1 <= k <= 0.1 * len(c.concepts)  # >= 90 % of the concepts inactive per image
+    a = head.activations(x, c)
+    assert ((a != 0).sum(1) <= k).all()
+    assert r.metrics["test"]["act_sparsity"] >= 0.9
+    assert head.config["hyperparameters"]["positives"] == "class"
+
+
+def test_zero_shot_init_reproduces_zero_shot_when_the_concepts_span_the_classes(planted):
+    """Planted class embeddings are means of concept embeddings, so span(D) contains C: the
+    ridge solution makes step-0 logits predict exactly what zero-shot predicts."""
+    from heads.cbm.init import init_final_layer
+    from heads.io.data import load_data
+    from heads.psi import class_logits
+
+    c = planted["cache"]
+    cfg = FitHeadConfig(cache=planted["path"], loss="l1")
+    data = load_data(c, cfg, "cpu")
+    model = ConceptBottleneck(len(c.concepts), len(c.classes))
+    info = init_final_layer(model, data, "zero-shot")
+    assert info["agreement"] == 1.0 and info["relative_residual"] < 0.05
+    x = planted["x"]
+    with torch.no_grad():
+        head = model(FEATURES["cbm"](x, data.text)).argmax(1)
+    zs = class_logits(x, data.text.class_emb, data.text.logit_scale).argmax(1)
+    assert torch.equal(head, zs)

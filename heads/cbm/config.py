@@ -16,6 +16,12 @@ COUPLINGS = ("sequential", "joint")
 OPTIMIZERS = ("adam", "adamw")
 VARIANTS = ("paper", "reference")
 CBL_INITS = ("identity", "random")
+FC_INITS = ("zero-shot", "prior", "zero")  # heads.cbm.init.FC_INITS
+POSITIVES = ("class", "diagonal")
+AGGREGATES = ("mean-in-log", "mean-of-losses")  # heads.cbm.positives
+FINAL_LAYERS = ("dense", "elastic-net")
+AUTO_TOPK_FRACTION = 0.05  # sparse default: 5% of |D| active (>= 95% inactive)
+AUTO_TOPK_MAX = 64
 DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 
 
@@ -38,17 +44,38 @@ class FitHeadConfig:
     lr_fc: float = option(1e-3, "Learning rate of the optimizer that owns W_F and its bias.")
     cbl_init: str = option("identity", "identity: a = psi at step 0; random: nn.Linear's default.",
                            choices=CBL_INITS)  # fmt: skip
-    topk: int = option(0, "Keep each image's k largest CBL activations, zero the rest "
-                       "(0 = off, SPEC §2).")  # fmt: skip
+    topk: int | None = option(None, "Keep each image's k largest CBL activations, zero the "
+                              "rest; 0 = off (SPEC §2); default: 5% of |D| (at most 64) for "
+                              "sparse, off for l1/contrastive.")  # fmt: skip
+    fc_init: str = option("zero-shot", "Final-layer start: zero-shot (step 0 = the zero-shot "
+                          "classifier), prior (class-concept cosines), zero.",
+                          choices=FC_INITS)  # fmt: skip
+    positives: str = option("class", "CBL positives (contrastive, sparse): class = the concepts "
+                            "linked to / nearest the image's class; diagonal = image k <-> "
+                            "concept k (thesis).", choices=POSITIVES)  # fmt: skip
+    positives_per_class: int = option(
+        0, "--positives class: m nearest concepts per class; 0 = the cache's concept->class "
+        "links, else |D|/|C| (<= 32)."
+    )
+    aggregate: str = option("mean-in-log", "Several positives: -log mean of their probabilities "
+                            "(mean-in-log) or mean of per-positive losses.",
+                            choices=AGGREGATES)  # fmt: skip
+    final_layer: str = option("dense", "dense: W_F trained with the CBL; elastic-net: W_F refitted "
+                              "along an elastic-net path, stopped at --nec.",
+                              choices=FINAL_LAYERS)  # fmt: skip
+    nec: float = option(5.0, "--final-layer elastic-net: target non-zero weights per class.")
     optimizer: str = option("adam", "Optimizer of both layers.", choices=OPTIMIZERS)
     weight_decay: float = option(0.0, "Weight decay of both optimizers (decoupled for adamw).")
     lam: float = option(1e-3, "l1 strength lambda: loss term (lambda / |D|) * ||W_CBL||_1.",
                         flag="--lambda")  # fmt: skip
-    epochs: int = option(20, "Maximum passes over the training rows (minus validation).")
-    batch_size: int = option(256, "Images per optimizer step.")
+    max_steps: int = option(2000, "Budget in optimizer steps (warm-up, then cosine decay).")
+    epochs: int | None = option(None, "Cap on passes over the fit rows (default: none).")
+    warmup: float = option(0.05, "Fraction of the budget spent warming the learning rate up.")
+    batch_size: int = option(256, "Images per optimizer step (at most a tenth of the fit rows).")
     val_fraction: float = option(0.1, "Fraction of train held out (seeded) for early stopping.")
     seed: int = option(0, "Seeds init, shuffling, the validation split and Gumbel noise.")
-    patience: int = option(5, "Epochs without a validation top-1 gain before stopping.")
+    patience: int = option(10, "Validation checks (40 per run) without a gain before stopping; "
+                           "never in the first quarter of the budget.")  # fmt: skip
     tau_max: float = option(1.0, "Gumbel temperature at the first step (sparse, paper variant).")
     tau_min: float = option(0.1, "Gumbel temperature at the last step (exponential schedule).")
     hard: bool = option(False, "Straight-through one-hot Gumbel samples (sparse, paper variant).")
@@ -74,11 +101,26 @@ class FitHeadConfig:
             _positive(name, getattr(self, name))
         for name in ("weight_decay", "lam"):
             _positive(name, getattr(self, name), allow_zero=True)
-        for name in ("epochs", "batch_size", "patience", "probe_max_iter"):
+        if self.epochs is not None and (isinstance(self.epochs, bool) or self.epochs < 1):
+            raise ValueError(f"epochs must be an integer >= 1 (or unset), got {self.epochs!r}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup!r}")
+        if not math.isfinite(self.nec) or self.nec <= 0:
+            raise ValueError(f"nec must be > 0 (non-zero weights per class), got {self.nec!r}")
+        if self.positives_per_class < 0:
+            raise ValueError(f"positives_per_class must be >= 0, got {self.positives_per_class}")
+        for name in ("max_steps", "batch_size", "patience", "probe_max_iter"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        if isinstance(self.topk, bool) or not isinstance(self.topk, int) or self.topk < 0:
+        if self.topk is not None and (
+            isinstance(self.topk, bool) or not isinstance(self.topk, int) or self.topk < 0
+        ):
             raise ValueError(f"topk must be an integer >= 0 (0 = off), got {self.topk!r}")
+        if self.final_layer != "dense" and self.loss not in CBM_LOSSES:
+            raise ValueError(
+                f"final_layer {self.final_layer!r} applies to a concept-bottleneck head "
+                f"({', '.join(CBM_LOSSES)}); loss {self.loss!r} has none"
+            )
         if self.topk and self.loss not in CBM_LOSSES:
             raise ValueError(
                 f"topk applies to the CBL of a concept-bottleneck head ({', '.join(CBM_LOSSES)}); "
@@ -119,3 +161,13 @@ class FitHeadConfig:
         d["out"] = str(self.out_dir())
         d["l2_grid"] = list(self.l2_grid)
         return d
+
+
+def resolve_topk(config: FitHeadConfig, n_concepts: int) -> int:
+    """The TopK of the bottleneck: the given value, or the default of the loss (0 = off)."""
+    if config.topk is not None:
+        return config.topk
+    if config.loss != "sparse":
+        return 0
+    k = max(1, round(AUTO_TOPK_FRACTION * n_concepts))
+    return min(k, AUTO_TOPK_MAX, n_concepts - 1) if n_concepts > 1 else 0

@@ -35,6 +35,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from heads.cbm.positives import (
+    class_positive_mask,
+    gumbel_multi_positive_loss,
+    multi_positive_loss,
+)
+
 REFERENCE_TAU = 1.0  # the published code's fixed Gumbel temperature
 _U_EPS = 1e-10  # keeps u inside (0, 1) so that -log(-log u) is finite
 
@@ -148,7 +154,8 @@ def tau_schedule(step: int, total_steps: int, tau_max: float = 1.0, tau_min: flo
 
 
 # --- CBL loss registry: name -> fn(a, model, state) -> scalar -----------------------------
-# `state` carries lam, tau (current), generator, hard, variant (see train.StepState).
+# `state` carries lam, tau (current), generator, hard, variant, and for --positives class the
+# batch labels and the (|C|, |D|) class-concept links (see train.StepState).
 
 
 def _cbl_l1(a, model, state):
@@ -156,10 +163,19 @@ def _cbl_l1(a, model, state):
 
 
 def _cbl_contrastive(a, model, state):
+    if state.links is not None:  # --positives class: the image's class's concepts
+        pos = class_positive_mask(state.labels, state.links)
+        return multi_positive_loss(model.alpha_tilde.exp() * a, pos, aggregate=state.aggregate)
     return contrastive_loss(a, model.alpha_tilde.exp())
 
 
 def _cbl_sparse(a, model, state):
+    if state.links is not None:
+        pos = class_positive_mask(state.labels, state.links)
+        return gumbel_multi_positive_loss(
+            model.alpha_tilde.exp() * a, pos, state.tau, state.generator,
+            aggregate=state.aggregate, hard=state.hard,
+        )  # fmt: skip
     return gumbel_contrastive_loss(
         a,
         model.alpha_tilde.exp(),

@@ -69,13 +69,16 @@ class ConceptBottleneck(nn.Module):
     def n_classes(self) -> int:
         return self.fc.out_features
 
-    def activations(self, psi: torch.Tensor) -> torch.Tensor:
-        """psi (B, |D|) -> concept activations a = W_CBL psi (B, |D|), TopK'd when topk > 0."""
-        a = self.cbl(psi)
+    def bottleneck(self, a: torch.Tensor) -> torch.Tensor:
+        """W_CBL psi (B, |D|) -> what the final layer sees: TopK'd when topk > 0."""
         if not self.topk:
             return a
         values, idx = a.topk(self.topk, dim=1)
         return torch.zeros_like(a).scatter(1, idx, values)
+
+    def activations(self, psi: torch.Tensor) -> torch.Tensor:
+        """psi (B, |D|) -> concept activations a = W_CBL psi (B, |D|), TopK'd when topk > 0."""
+        return self.bottleneck(self.cbl(psi))
 
     def forward(self, psi: torch.Tensor) -> torch.Tensor:
         """psi (B, |D|) -> class logits (B, |C|)."""

@@ -13,8 +13,9 @@ import contextlib
 import copy
 import functools
 import logging
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,7 +25,9 @@ from tqdm.auto import tqdm
 from cache import open_cache
 from core.device import resolve_device
 from heads.baselines.probe import BASELINE_TRAINERS
-from heads.cbm.config import FitHeadConfig
+from heads.cbm.config import FitHeadConfig, resolve_topk
+from heads.cbm.final_layer import fit_sparse_final_layer
+from heads.cbm.init import class_links, init_final_layer
 from heads.cbm.losses import CBL_LOSSES, tau_schedule
 from heads.cbm.model import ConceptBottleneck
 from heads.errors import HeadsConfigError, OutputExistsError
@@ -49,6 +52,9 @@ class StepState:
     generator: torch.Generator
     hard: bool
     variant: str
+    aggregate: str = "mean-in-log"  # multi-positive aggregation (--positives class)
+    links: torch.Tensor | None = None  # (|C|, |D|) bool class -> positive concepts, or None
+    labels: torch.Tensor | None = None  # (B,) the batch's classes
 
 
 @dataclass
@@ -97,8 +103,11 @@ def make_optimizers(model: ConceptBottleneck, config: FitHeadConfig):
 
 def train_step(model, opts, xb, yb, data: HeadData, config, state: StepState):
     """One step of both optimizers; returns (L_CBL, CE) as detached tensors."""
-    a = model.activations(FEATURES["cbm"](xb, data.text))  # (B, |D|)
-    l_cbl = CBL_LOSSES[config.loss](a, model, state)
+    psi = FEATURES["cbm"](xb, data.text)
+    pre = model.cbl(psi)  # (B, |D|) W_CBL psi: the CBL losses shape it
+    a = model.bottleneck(pre)  # what the final layer sees (sparse with --topk)
+    state.labels = yb
+    l_cbl = CBL_LOSSES[config.loss](pre, model, state)
     detach = DETACH_A[config.coupling] and config.loss not in CE_ALWAYS_REACHES_CBL
     ce = F.cross_entropy(model.fc(a.detach() if detach else a), yb)
     for opt in opts:
@@ -109,62 +118,117 @@ def train_step(model, opts, xb, yb, data: HeadData, config, state: StepState):
     return l_cbl.detach(), ce.detach()
 
 
-def _epoch(model, opts, data, config, state, step0, total_steps, shuffle_gen):
-    """One pass over the fit rows in a seeded random order; returns mean (L_CBL, CE)."""
-    idx = data.train_idx
-    perm = idx[torch.randperm(len(idx), generator=shuffle_gen).to(idx.device)]
-    sums = torch.zeros(2, device=idx.device)
-    n_steps = 0
-    for s in range(0, len(perm), config.batch_size):
-        rows = perm[s : s + config.batch_size]
-        state.tau = tau_schedule(step0 + n_steps, total_steps, config.tau_max, config.tau_min)
-        xb, yb = data.train.x[rows], data.train.y[rows]
-        l_cbl, ce = train_step(model, opts, xb, yb, data, config, state)
-        sums += torch.stack([l_cbl, ce])
-        n_steps += 1
-    return (sums / max(n_steps, 1)).tolist(), n_steps
+@dataclass(frozen=True)
+class Schedule:
+    """The step budget of one fit, derived from the data size (SPEC-free defaults).
+
+    steps: total optimizer steps; batch: images per step (never more than a tenth of the fit
+    rows, so a tiny split still gets >= 10 steps per epoch); eval_every: steps between
+    validation checks (the first check is step 0, before any update); patience: checks without
+    a gain before stopping, never before min_steps.
+    """
+
+    steps: int
+    batch: int
+    eval_every: int
+    warmup: int
+    min_steps: int
+
+    @classmethod
+    def for_data(cls, n_fit: int, config: FitHeadConfig) -> Schedule:
+        batch = max(1, min(config.batch_size, max(8, n_fit // 10)))
+        per_epoch = -(-n_fit // batch)
+        steps = config.max_steps
+        if config.epochs is not None:
+            steps = min(steps, config.epochs * per_epoch)
+        steps = max(steps, 1)
+        eval_every = max(1, min(per_epoch, steps // 40))
+        return cls(steps, batch, eval_every, int(config.warmup * steps), steps // 4)
+
+
+def lr_factor(step: int, sched: Schedule) -> float:
+    """Linear warm-up over sched.warmup steps, then cosine decay to 0 at sched.steps."""
+    if step < sched.warmup:
+        return (step + 1) / sched.warmup
+    frac = (step - sched.warmup) / max(1, sched.steps - sched.warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
+
+
+def _batches(idx: torch.Tensor, batch: int, gen: torch.Generator):
+    """Endless seeded shuffled passes over idx, `batch` rows at a time."""
+    while True:
+        perm = idx[torch.randperm(len(idx), generator=gen).to(idx.device)]
+        for s in range(0, len(perm), batch):
+            yield perm[s : s + batch]
 
 
 def fit_cbm(data: HeadData, config: FitHeadConfig, device) -> tuple[ConceptBottleneck, dict]:
-    """Train a ConceptBottleneck with early stopping on val top-1; best weights restored."""
+    """Train a ConceptBottleneck with early stopping on val top-1; best weights restored.
+
+    The start (step 0, after the final-layer init) is evaluated too, so the kept head is never
+    worse on validation than where it started (with --fc-init zero-shot: the zero-shot
+    classifier).
+    """
+    topk = resolve_topk(config, len(data.text.concept_emb))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = ConceptBottleneck(
-            len(data.text.concept_emb), data.n_classes, cbl_init=config.cbl_init, topk=config.topk
+            len(data.text.concept_emb), data.n_classes, cbl_init=config.cbl_init, topk=topk
         ).to(device)
+    init_info = init_final_layer(model, data, config.fc_init)
     init = {k: v.detach().clone() for k, v in model.state_dict().items()}
     opts = make_optimizers(model, config)
+    sched = Schedule.for_data(len(data.train_idx), config)
+    lr_scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: lr_factor(t, sched)) for o in opts]
     shuffle_gen = torch.Generator().manual_seed(config.seed + 1)
     noise_gen = torch.Generator(device=device).manual_seed(config.seed + 2)
-    state = StepState(config.lam, config.tau_max, noise_gen, config.hard, config.variant)
-    steps_per_epoch = -(-len(data.train_idx) // config.batch_size)
-    total = config.epochs * steps_per_epoch
+    state = StepState(config.lam, config.tau_max, noise_gen, config.hard, config.variant,
+                      config.aggregate)  # fmt: skip
+    state.links = class_links(data, config)
     scorer = Scorer("cbm", model, data.text)
     val_x, val_y = data.train.x[data.val_idx], data.train.y[data.val_idx]
-    best, best_state, history, bad, step = -1.0, None, [], 0, 0
-    bar = tqdm(range(config.epochs), desc=f"fit-head {config.loss}", disable=not config.progress)
-    for epoch in bar:
-        t0 = time.perf_counter()
-        (l_cbl, ce), n = _epoch(model, opts, data, config, state, step, total, shuffle_gen)
-        step += n
+    best, best_step = top1(scorer, val_x, val_y), 0
+    best_state = copy.deepcopy(model.state_dict())
+    history = [{"step": 0, "val_top1": best}]
+    bad, sums, n, t0 = 0, torch.zeros(2, device=device), 0, time.perf_counter()
+    batches = _batches(data.train_idx, sched.batch, shuffle_gen)
+    bar = tqdm(range(1, sched.steps + 1), desc=f"fit-head {config.loss}",
+               disable=not config.progress)  # fmt: skip
+    for step in bar:
+        rows = next(batches)
+        state.tau = tau_schedule(step - 1, sched.steps, config.tau_max, config.tau_min)
+        l_cbl, ce = train_step(model, opts, data.train.x[rows], data.train.y[rows], data,
+                               config, state)  # fmt: skip
+        for ls in lr_scheds:
+            ls.step()
+        sums += torch.stack([l_cbl, ce])
+        n += 1
+        if step % sched.eval_every and step != sched.steps:
+            continue
         val_top1 = top1(scorer, val_x, val_y)
-        rec = {"epoch": epoch + 1, "loss_cbl": l_cbl, "loss_ce": ce, "val_top1": val_top1,
+        l_cbl, ce = (sums / n).tolist()
+        rec = {"step": step, "loss_cbl": l_cbl, "loss_ce": ce, "val_top1": val_top1,
                "tau": state.tau, "seconds": time.perf_counter() - t0}  # fmt: skip
         history.append(rec)
-        log.info("epoch %d: L_CBL %.4f  CE %.4f  val top-1 %.4f  (%.2f s)",
-                 epoch + 1, l_cbl, ce, val_top1, rec["seconds"])  # fmt: skip
+        sums, n = torch.zeros(2, device=device), 0
+        log.debug("step %d: L_CBL %.4f  CE %.4f  val top-1 %.4f", step, l_cbl, ce, val_top1)
         bar.set_postfix(ce=f"{ce:.3f}", val=f"{val_top1:.3f}")
         if val_top1 > best:
-            best, bad = val_top1, 0
+            best, best_step, bad = val_top1, step, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             bad += 1
-            if bad >= config.patience:
-                log.info("early stop after epoch %d (best val top-1 %.4f)", epoch + 1, best)
+            if bad >= config.patience and step >= sched.min_steps:
+                log.info("early stop at step %d (best val top-1 %.4f at step %d)",
+                         step, best, best_step)  # fmt: skip
                 break
     model.load_state_dict(best_state)
-    info = {"history": history, "best_val_top1": best, "epochs_run": len(history)}
+    info = {"history": history, "best_val_top1": best, "best_step": best_step,
+            "steps_run": history[-1]["step"], "schedule": asdict(sched), "topk": topk,
+            "fc_init": init_info}  # fmt: skip
     info["weight_change"] = _weight_change(init, model.state_dict())
+    if config.final_layer == "elastic-net":
+        info["elastic_net"] = fit_sparse_final_layer(model, data, config)
     return model, info
 
 
@@ -213,7 +277,7 @@ def _head_config(config, cache, data: HeadData, device, metrics, info) -> dict:
         "n_concepts": len(cache.concepts),
         "n_classes": len(cache.classes),
         "embed_dim": int(cache.embed_dim),
-        "topk": config.topk,  # rebuilds the CBM's TopK bottleneck on load (0 = off)
+        "topk": info.get("topk", 0),  # rebuilds the CBM's TopK bottleneck on load (0 = off)
         "cache_fingerprint": cache.fingerprint,
         "cache_path": str(cache.path),
         "validation": {
@@ -231,6 +295,28 @@ def _head_config(config, cache, data: HeadData, device, metrics, info) -> dict:
     }
 
 
+def save_fitted(config, cache, data, device, module, info, metrics) -> Path:
+    """Write the head directory of a fit (config.json with metrics, weights) atomically."""
+    head_cfg = _head_config(config, cache, data, device, metrics, info)
+    return save_head(config.out_dir(), Head(kind=config.kind, config=head_cfg, module=module),
+                     head_cfg)  # fmt: skip
+
+
+def fit(data: HeadData, config: FitHeadConfig, device) -> tuple:
+    """Fit the head `config` describes on in-memory data: (module, info, metrics).
+
+    metrics: the one evaluation path on the validation rows and the test split, plus
+    zero-shot on the same rows (`compare` calls this directly, e.g. with random concepts).
+    """
+    with flush_denormals():
+        module, info = TRAINERS[config.kind](data, config, device)
+    metrics = evaluate_module(module, config.kind, data)
+    metrics["zero_shot"] = zero_shot_metrics(data)
+    if config.kind == "zs-probe":
+        metrics["note"] = info["note"]
+    return module, info, metrics
+
+
 def run(config: FitHeadConfig) -> FitHeadResult:
     """Fit the head `config` describes, write its directory, return its metrics."""
     t0 = time.perf_counter()
@@ -239,7 +325,7 @@ def run(config: FitHeadConfig) -> FitHeadResult:
     with open_cache(config.cache) as cache:
         data = load_data(cache, config, device)
         n_concepts = len(data.text.concept_emb)
-        if config.topk >= n_concepts:
+        if config.topk is not None and config.topk >= n_concepts:
             raise HeadsConfigError(
                 f"topk must be an integer in [0, |D|) = [0, {n_concepts}) (0 keeps every "
                 f"activation), got {config.topk}; this cache has |D| = {n_concepts} concepts"
@@ -247,14 +333,8 @@ def run(config: FitHeadConfig) -> FitHeadResult:
         log.info("fit-head %s on %s: %d fit rows, %d val rows, |D|=%d, |C|=%d, device %s",
                  config.loss, cache.path, len(data.train_idx), len(data.val_idx),
                  len(cache.concepts), data.n_classes, device)  # fmt: skip
-        with flush_denormals():
-            module, info = TRAINERS[config.kind](data, config, device)
-        metrics = evaluate_module(module, config.kind, data)
-        metrics["zero_shot"] = zero_shot_metrics(data)
-        if config.kind == "zs-probe":
-            metrics["note"] = info["note"]
-        head_cfg = _head_config(config, cache, data, device, metrics, info)
-        save_head(out, Head(kind=config.kind, config=head_cfg, module=module), head_cfg)
+        module, info, metrics = fit(data, config, device)
+        save_fitted(config, cache, data, device, module, info, metrics)
     seconds = time.perf_counter() - t0
     log.info("wrote %s in %.1f s: val top-1 %.4f", out, seconds, metrics["val"]["top1"])
     return FitHeadResult(

@@ -105,3 +105,57 @@ class ExplainConfig:
             return self.out
         who = self.head.name if self.head is not None else f"cms-{self.normalize}"
         return Path("runs/explain") / who / f"{self.split}-{self.index}.png"
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the table: fitted by `fit-head` overrides, or scored directly by `score`."""
+
+    doc: str
+    head: dict | None = None  # FitHeadConfig overrides (None: a training-free method)
+    random_concepts: bool = False  # replace the concept embeddings by random unit vectors
+
+
+METHODS: dict[str, Method] = {
+    "zero-shot": Method("zero-shot CLIP"),
+    "cms": Method("Concept Matrix Search"),
+    "description": Method("DescriptionCLS-style, mean cosine to the class's linked concepts"),
+    "probe": Method("true linear probe", {"loss": "probe"}),
+    "l1": Method("l1-CBM", {"loss": "l1"}),
+    "contrastive": Method("Contrastive-CBM", {"loss": "contrastive"}),
+    "sparse": Method("Sparse-CBM (default head)", {"loss": "sparse"}),
+    "sparse-elastic-net": Method(
+        "Sparse-CBM, elastic-net final layer at NEC=5",
+        {"loss": "sparse", "final_layer": "elastic-net", "nec": 5.0},
+    ),
+    "random-concepts": Method(
+        "control: Sparse-CBM on random concept vectors", {"loss": "sparse"}, random_concepts=True
+    ),
+}
+
+
+@validated(HeadsConfigError)
+@dataclass(frozen=True)
+class CompareConfig:
+    cache: Path = option(help="Embedding cache (zarr directory or .h5 file).")
+    out: Path | None = option(None, "Output directory (default: runs/compare/<cache-stem>).")
+    methods: tuple[str, ...] = option(tuple(METHODS), "Methods to run (repeat the option).",
+                                      choices=lambda: list(METHODS), flag="--method")  # fmt: skip
+    seed: int = option(0, "Seed of every fit (validation split, init, shuffling).")
+    device: str = option("auto", DEVICE_HELP)
+    progress: bool = option(True, "Show progress bars.")
+    overwrite: bool = option(False, "Replace a non-empty --out.")
+
+    def __post_init__(self):
+        object.__setattr__(self, "cache", Path(self.cache))
+        if self.out is not None:
+            object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "methods", tuple(self.methods))
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ValueError(f"methods must be a non-empty subset of {list(METHODS)}: {unknown}")
+
+    def out_dir(self) -> Path:
+        return self.out if self.out is not None else Path("runs/compare") / self.cache.stem
+
+

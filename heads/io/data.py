@@ -9,7 +9,7 @@ Batches are then drawn by indexing these tensors -- no per-row cache reads.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -40,6 +40,8 @@ class HeadData:
     text: TextTensors
     n_classes: int
     val_seed: int
+    classes: list = field(default_factory=list)  # class names (|C|)
+    concept_classes: list = field(default_factory=list)  # per concept: linked class names
 
     def eval_splits(self) -> dict:
         """{"val": (x, y), "test": (x, y)}: the rows every fitted head is reported on."""
@@ -107,4 +109,6 @@ def load_data(cache, config, device) -> HeadData:
         text=TextTensors.from_cache(cache, device),
         n_classes=n_classes,
         val_seed=config.seed,
+        classes=list(cache.classes),
+        concept_classes=list(cache.concept_classes),
     )

@@ -1,0 +1,96 @@
+"""Do `fit-head`'s defaults work at every size? A small sweep around them on 1k/10k/50k rows.
+
+For each cache size and CBM loss, the default config and a few one-knob changes around it
+(learning rates x0.1 / x10, step budget x0.25 / x4, batch 64 / 1024, fc-init zero / prior) are
+fitted; the defaults pass when their validation top-1 is within 1 point of the best of the
+sweep. Caches: planted synthetic (cache.planted), 10 classes, |D| = 143, E = 128, noise chosen
+so zero-shot is far from perfect. Writes benchmarks/results/defaults_sweep.json.
+
+    python benchmarks/defaults_sweep.py [--sizes 1000 10000 50000] [--losses l1 contrastive sparse]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cache.planted import make_planted_cache  # noqa: E402
+from heads.cbm.config import FitHeadConfig  # noqa: E402
+from heads.cbm.train import run  # noqa: E402
+
+D = FitHeadConfig.__dataclass_fields__
+SWEEP = {
+    "default": {},
+    "lr x0.1": {"lr_cbl": D["lr_cbl"].default / 10, "lr_fc": D["lr_fc"].default / 10},
+    "lr x10": {"lr_cbl": D["lr_cbl"].default * 10, "lr_fc": D["lr_fc"].default * 10},
+    "steps x0.25": {"max_steps": D["max_steps"].default // 4},
+    "steps x4": {"max_steps": D["max_steps"].default * 4},
+    "batch 64": {"batch_size": 64},
+    "batch 1024": {"batch_size": 1024},
+    "fc-init zero": {"fc_init": "zero"},
+    "fc-init prior": {"fc_init": "prior"},
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
+    ap.add_argument("--losses", nargs="+", default=["l1", "contrastive", "sparse"])
+    ap.add_argument("--configs", nargs="+", default=list(SWEEP))
+    ap.add_argument(
+        "--json", type=Path, default=Path(__file__).parent / "results" / "defaults_sweep.json"
+    )
+    args = ap.parse_args()
+    logging.disable(logging.INFO)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.sizes:
+            path = make_planted_cache(
+                Path(tmp) / f"p{n}.zarr", n_train=n, n_test=2000, n_classes=10, n_concepts=143,
+                embed_dim=128, concepts_per_class=5, noise=3.0, seed=0,
+            )  # fmt: skip
+            for loss in args.losses:
+                rows = {}
+                for name in args.configs:
+                    cfg = FitHeadConfig(cache=path, out=Path(tmp) / "h", loss=loss,
+                                        overwrite=True, progress=False, **SWEEP[name])  # fmt: skip
+                    t0 = time.perf_counter()
+                    r = run(cfg)
+                    rows[name] = {
+                        "val_top1": r.metrics["val"]["top1"],
+                        "test_top1": r.metrics["test"]["top1"],
+                        "zero_shot_val_top1": r.metrics["zero_shot"]["val"]["top1"],
+                        "act_sparsity": r.metrics["test"]["act_sparsity"],
+                        "seconds": round(time.perf_counter() - t0, 2),
+                    }
+                    print(f"n={n:<6} {loss:<12} {name:<14} " + "  ".join(
+                        f"{k} {v:.4g}" for k, v in rows[name].items()), flush=True)  # fmt: skip
+                best = max(v["val_top1"] for v in rows.values())
+                gap = best - rows["default"]["val_top1"]
+                results[f"{n}/{loss}"] = {
+                    "rows": n, "loss": loss, "configs": rows, "best_val_top1": best,
+                    "default_gap_points": round(100 * gap, 2), "within_1_point": gap <= 0.01,
+                }  # fmt: skip
+                print(f"n={n} {loss}: default is {100 * gap:.2f} points below the best", flush=True)
+    out = {
+        "benchmark": "defaults_sweep",
+        "cache": "planted: 10 classes, |D|=143, E=128, 5 concepts/class, noise 3.0, 2000 test",
+        "sweep": SWEEP,
+        "results": results,
+        "all_within_1_point": all(v["within_1_point"] for v in results.values()),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

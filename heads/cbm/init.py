@@ -1,0 +1,108 @@
+"""Starts of a concept bottleneck: the final layer's init and the class-concept links.
+
+`--fc-init` (the heads issue: never start below the baseline):
+- zero-shot: W_F, b solve the ridge least squares  min ||A W_F^T + b - Z||^2 + rho ||W_F||^2
+  over the fit rows, where A = the step-0 activations (W_CBL psi, through the bottleneck) and
+  Z = alpha * I C^T the zero-shot logits. With the identity CBL and no TopK, A = alpha I D^T,
+  so the solution is the data-weighted form of W_F D ~ C; where span(D) contains the class
+  embeddings it is exact and step 0 predicts exactly what zero-shot predicts. We report the
+  relative residual ||A W^T + b - Z|| / ||Z - mean Z|| and the step-0 agreement with zero-shot.
+- prior: W_F = T, the class-concept cosine matrix cos(c_m, d_j) (CMS-like, interpretable:
+  class m weighs each concept by how close it is to the class name), scaled so the logits have
+  the zero-shot logits' spread; b = 0.
+- zero: W_F = 0, b = 0 (the SPEC's start).
+
+Links (`--positives class`): concept j is a positive of class m when the concept set links
+it to m (`/text/concept_classes`), else the m nearest concepts to the class embedding.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from heads.cbm.positives import links_from_concept_classes, nearest_concept_links
+from heads.features import FEATURES
+from heads.psi import class_logits
+
+log = logging.getLogger(__name__)
+
+RIDGE = 1e-3  # rho relative to the mean diagonal of A^T A (scale-free)
+
+
+def _fit_rows(data, max_rows: int = 50_000) -> torch.Tensor:
+    """The fit rows the init sees (a seeded subset when there are more than max_rows)."""
+    idx = data.train_idx
+    if len(idx) > max_rows:
+        g = torch.Generator().manual_seed(data.val_seed + 3)
+        idx = idx[torch.randperm(len(idx), generator=g)[:max_rows].to(idx.device)]
+    return data.train.x[idx]
+
+
+def _zero_shot_init(model, data) -> dict:
+    x = _fit_rows(data)
+    with torch.no_grad():
+        a = model.activations(FEATURES["cbm"](x, data.text)).double()  # (N, |D|)
+        z = class_logits(x, data.text.class_emb, data.text.logit_scale).double()  # (N, |C|)
+        a_mean, z_mean = a.mean(0), z.mean(0)
+        ac, zc = a - a_mean, z - z_mean
+        gram = ac.T @ ac  # (|D|, |D|)
+        rho = RIDGE * float(gram.diagonal().mean().clamp_min(1e-12))
+        eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        w = torch.linalg.solve(gram + rho * eye, ac.T @ zc).T  # (|C|, |D|)
+        b = z_mean - w @ a_mean
+        fit = a @ w.T + b
+        resid = float((fit - z).norm() / zc.norm().clamp_min(1e-12))
+        agree = float((fit.argmax(1) == z.argmax(1)).double().mean())
+        model.fc.weight.copy_(w.float())
+        model.fc.bias.copy_(b.float())
+    log.info("fc-init zero-shot: relative residual %.4f, step-0 agreement with zero-shot %.4f "
+             "on %d fit rows", resid, agree, len(x))  # fmt: skip
+    return {"method": "zero-shot", "relative_residual": resid, "agreement": agree,
+            "rows": len(x), "ridge": rho}  # fmt: skip
+
+
+def _prior_init(model, data) -> dict:
+    t = data.text.class_emb @ data.text.concept_emb.T  # (|C|, |D|) cos(c_m, d_j)
+    x = _fit_rows(data, 10_000)
+    with torch.no_grad():
+        a = model.activations(FEATURES["cbm"](x, data.text))
+        z = class_logits(x, data.text.class_emb, data.text.logit_scale)
+        raw = a @ t.T
+        scale = float(z.std(1).mean() / raw.std(1).mean().clamp_min(1e-12))
+        model.fc.weight.copy_(t * scale)
+        model.fc.bias.zero_()
+    return {"method": "prior", "scale": scale}
+
+
+def _zero_init(model, data) -> dict:
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.zero_()
+    return {"method": "zero"}
+
+
+FC_INITS = {"zero-shot": _zero_shot_init, "prior": _prior_init, "zero": _zero_init}
+
+
+def init_final_layer(model, data, how: str) -> dict:
+    """Set W_F, b of `model` by FC_INITS[how]; returns what was done (recorded in the head)."""
+    return FC_INITS[how](model, data)
+
+
+def class_links(data, config) -> torch.Tensor | None:
+    """(|C|, |D|) bool positives per class for --positives class, else None."""
+    if config.positives != "class" or config.loss not in ("contrastive", "sparse"):
+        return None
+    n_c, n_d = data.n_classes, len(data.text.concept_emb)
+    links = None
+    if config.positives_per_class == 0 and any(data.concept_classes):
+        links = links_from_concept_classes(data.concept_classes, data.classes)
+        if not bool(links.any(1).all()):
+            log.info("%d class(es) have no linked concept; they get their nearest ones",
+                     int((~links.any(1)).sum()))  # fmt: skip
+    m = config.positives_per_class or max(1, min(32, n_d // n_c))
+    near = nearest_concept_links(data.text.class_emb.cpu(), data.text.concept_emb.cpu(), m)
+    links = near if links is None else torch.where(links.any(1, keepdim=True), links, near)
+    return links.to(data.text.concept_emb.device)

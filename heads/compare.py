@@ -1,0 +1,195 @@
+"""`compare`: every head at its defaults and every baseline on one cache, in one table.
+
+The table a researcher puts in a paper: each method is fitted on the same train split (the
+same seeded validation hold-out) and scored on the same test split through the one
+evaluation path (`heads.eval.evaluate`). Methods (a registry; `--method` picks a subset):
+
+- zero-shot      argmax_m α<i, c_m> (no training)
+- cms            Concept Matrix Search (thesis §4.2), no normalisation
+- description    DescriptionCLS-style (Menon & Vondrick): class score = mean cosine to the
+                 class's linked concepts; needs the cache's concept->class links. The paper
+                 embeds "{class}, which {descriptor}"; stage two has only the cached concept
+                 embeddings, so each descriptor's own embedding stands in for that prompt.
+- probe          true linear probe (multinomial logistic regression on i)
+- l1, contrastive, sparse     the CBM heads at `fit-head`'s defaults
+- sparse-elastic-net          the default sparse head with its final layer refitted along an
+                              elastic-net path at NEC = 5
+- random-concepts             control: the default sparse head on random unit vectors in place
+                              of the concept embeddings (same |D|); if it matches the real
+                              concepts, the concepts explain nothing
+
+Writes `results.csv`, `results.md` (columns method, top1, top5, acc_nec5, act_sparsity, nec,
+seconds, val_top1) and `results.png` (test top-1 against NEC and against sparsity) to `--out`
+(default runs/compare/<cache-stem>); head directories under `<out>/heads/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from cache import open_cache
+from core import atomic
+from core.device import resolve_device
+from heads.baselines.cms import cms_predict
+from heads.cbm.config import FitHeadConfig
+from heads.cbm.positives import links_from_concept_classes
+from heads.cbm.train import fit, save_fitted
+from heads.errors import HeadsConfigError, OutputExistsError
+from heads.eval.config import METHODS, CompareConfig
+from heads.eval.evaluate import evaluate, zero_shot_scorer
+from heads.eval.metrics import classification_metrics, ranked
+from heads.eval.plots import new_figure, save_figure
+from heads.features import TextTensors
+from heads.io.data import load_data
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("method", "top1", "top5", "acc_nec5", "act_sparsity", "nec", "seconds", "val_top1")
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    table: pd.DataFrame
+    files: dict
+
+
+def _row(name: str, metrics: dict, seconds: float, val: dict | None = None) -> dict:
+    row = {c: metrics.get(c, math.nan) for c in COLUMNS[1:6]}
+    return {"method": name, **row, "seconds": seconds, "val_top1": (val or {}).get("top1")}
+
+
+def _random_text(text: TextTensors, seed: int) -> TextTensors:
+    g = torch.Generator().manual_seed(seed + 11)
+    r = torch.randn(text.concept_emb.shape, generator=g).to(text.concept_emb)
+    return dataclasses.replace(text, concept_emb=r / r.norm(dim=1, keepdim=True))
+
+
+def _description(cache, data) -> dict | None:
+    if not any(data.concept_classes):
+        return None
+    links = links_from_concept_classes(data.concept_classes, data.classes).float()
+    links = links.to(data.text.concept_emb.device)
+    n_linked = links.sum(1, keepdim=True)
+    if bool((n_linked == 0).any()):
+        log.info("description: %d class(es) have no linked concept; they score 0",
+                 int((n_linked == 0).sum()))  # fmt: skip
+    weights = links / n_linked.clamp_min(1)  # (|C|, |D|) mean over the class's descriptors
+    cos = data.test.x @ data.text.concept_emb.T  # (N, |D|)
+    logits = cos @ weights.T
+    return classification_metrics(ranked(logits, 5).cpu(), data.test.y.cpu().numpy(),
+                                  data.n_classes)  # fmt: skip
+
+
+def _training_free(name, cache, data) -> dict | None:
+    x, y = data.test.x, data.test.y.cpu().numpy()
+    if name == "zero-shot":
+        return evaluate(zero_shot_scorer(data.text), x, y).metrics
+    if name == "cms":
+        out = cms_predict(x.cpu(), cache.concept_emb(), cache.class_emb(), device=x.device)
+        return classification_metrics(out.topk, y, data.n_classes)
+    return _description(cache, data)
+
+
+def _fit_method(cfg, name, method, cache, data, device) -> tuple[dict, dict]:
+    head_cfg = FitHeadConfig(
+        cache=cfg.cache, out=cfg.out_dir() / "heads" / name, seed=cfg.seed, device=cfg.device,
+        progress=cfg.progress, overwrite=True, **method.head,
+    )  # fmt: skip
+    if method.random_concepts:
+        data = dataclasses.replace(data, text=_random_text(data.text, cfg.seed))
+    module, info, metrics = fit(data, head_cfg, device)
+    if not method.random_concepts:  # a head on random concepts has no cache to belong to
+        save_fitted(head_cfg, cache, data, device, module, info, metrics)
+    return metrics["test"], metrics["val"]
+
+
+def run_compare(cfg: CompareConfig) -> CompareResult:
+    """Fit / score every method of cfg.methods; write the table, markdown and figure."""
+    device = resolve_device(cfg.device)
+    out = cfg.out_dir()
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise OutputExistsError(f"{out} exists and is not empty; pass --overwrite or another --out")
+    rows = []
+    with open_cache(cfg.cache) as cache:
+        data = load_data(cache, FitHeadConfig(cache=cfg.cache, seed=cfg.seed), device)
+        if data.test is None:
+            raise HeadsConfigError(f"cache {cfg.cache} has no test split; compare reports on it")
+        for name in cfg.methods:
+            method, t0 = METHODS[name], time.perf_counter()
+            if method.head is None:
+                test, val = _training_free(name, cache, data), None
+                if test is None:
+                    log.info("%s skipped: the cache has no concept->class links", name)
+                    continue
+            else:
+                test, val = _fit_method(cfg, name, method, cache, data, device)
+            rows.append(_row(name, test, time.perf_counter() - t0, val))
+            log.info("%s: test top-1 %.4f (%.1f s)", name, test["top1"], rows[-1]["seconds"])
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    return CompareResult(table, write_tables(table, out, cfg.cache))
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """The table as markdown: accuracies and sparsity in %, NEC and seconds as numbers."""
+    def cell(col, v):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "–"
+        if col in ("top1", "top5", "acc_nec5", "act_sparsity", "val_top1"):
+            return f"{100 * v:.1f}"
+        if col == "nec":
+            return f"{v:.1f}"
+        return f"{v:.1f}" if col == "seconds" else str(v)
+
+    head = ["method", "top-1 %", "top-5 %", "acc@NEC=5 %", "act. sparsity %", "NEC", "seconds",
+            "val top-1 %"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in table.iterrows():
+        lines.append("| " + " | ".join(cell(c, r[c]) for c in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(table: pd.DataFrame, path: Path, title: str) -> Path:
+    fig, axes = new_figure((10, 4))
+    fig.clear()
+    ax1, ax2 = fig.subplots(1, 2)
+    for ax, col, label in ((ax1, "nec", "NEC (non-zero weights per class)"),
+                           (ax2, "act_sparsity", "activation sparsity")):  # fmt: skip
+        for _, r in table.iterrows():
+            xv = r[col]
+            if xv is None or (isinstance(xv, float) and math.isnan(xv)):
+                ax.axhline(100 * r["top1"], color="0.7", linewidth=0.8, linestyle="--")
+                ax.annotate(r["method"], (0.01, 100 * r["top1"]), xycoords=("axes fraction",
+                            "data"), fontsize=7, color="0.4")  # fmt: skip
+                continue
+            ax.scatter([xv], [100 * r["top1"]])
+            ax.annotate(r["method"], (xv, 100 * r["top1"]), fontsize=7)
+        ax.set_xlabel(label)
+        ax.set_ylabel("test top-1 %")
+    ax1.set_xscale("log")
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path, dpi=110)
+
+
+def write_tables(table: pd.DataFrame, out: Path, cache_path) -> dict:
+    files = {
+        "csv": atomic.write_text(out / "results.csv", table.to_csv(index=False)),
+        "md": atomic.write_text(out / "results.md", markdown(table)),
+    }
+    files["png"] = _plot(table, out / "results.png", f"compare on {Path(cache_path).name}")
+    return files
+
+
+def describe(cfg: CompareConfig, result: CompareResult) -> str:
+    files = " ".join(str(p) for p in result.files.values())
+    return markdown(result.table) + f"wrote {files}"
+
+
+__all__ = ["METHODS", "CompareConfig", "CompareResult", "markdown", "run_compare"]
