@@ -14,6 +14,8 @@ evaluation path (`heads.eval.evaluate`). Methods (a registry; `--method` picks a
 - l1, contrastive, sparse     the CBM heads at `fit-head`'s defaults
 - sparse-elastic-net          the default sparse head with its final layer refitted along an
                               elastic-net path at NEC = 5
+- label-free-cbm              Label-free CBM (heads.baselines.lfcbm): cos³ projection from the
+                              image embedding + elastic-net final layer at NEC = 5
 - random-concepts             control: the default sparse head on random unit vectors in place
                               of the concept embeddings (same |D|); if it matches the real
                               concepts, the concepts explain nothing
@@ -39,6 +41,7 @@ from cache import open_cache
 from core import atomic
 from core.device import resolve_device
 from heads.baselines.cms import cms_predict
+from heads.baselines.lfcbm import fit_label_free_cbm
 from heads.cbm.config import FitHeadConfig
 from heads.cbm.positives import links_from_concept_classes
 from heads.cbm.train import fit, save_fitted
@@ -88,13 +91,15 @@ def _description(cache, data) -> dict | None:
                                   data.n_classes)  # fmt: skip
 
 
-def _training_free(name, cache, data) -> dict | None:
+def _training_free(cfg, name, cache, data) -> dict | None:
     x, y = data.test.x, data.test.y.cpu().numpy()
     if name == "zero-shot":
         return evaluate(zero_shot_scorer(data.text), x, y).metrics
     if name == "cms":
         out = cms_predict(x.cpu(), cache.concept_emb(), cache.class_emb(), device=x.device)
         return classification_metrics(out.topk, y, data.n_classes)
+    if name == "label-free-cbm":
+        return fit_label_free_cbm(data, seed=cfg.seed).metrics
     return _description(cache, data)
 
 
@@ -125,7 +130,7 @@ def run_compare(cfg: CompareConfig) -> CompareResult:
         for name in cfg.methods:
             method, t0 = METHODS[name], time.perf_counter()
             if method.head is None:
-                test, val = _training_free(name, cache, data), None
+                test, val = _training_free(cfg, name, cache, data), None
                 if test is None:
                     log.info("%s skipped: the cache has no concept->class links", name)
                     continue

@@ -138,8 +138,8 @@ class FitHeadConfig:
                 "hard=True needs variant='paper': the reference form takes -log of the one-hot "
                 "sample, which is inf"
             )
-        if not self.l2_grid or any(v < 0 or not math.isfinite(v) for v in self.l2_grid):
-            raise ValueError(f"l2_grid must be non-empty values >= 0, got {self.l2_grid!r}")
+        if not self.l2_grid or any(v <= 0 or not math.isfinite(v) for v in self.l2_grid):
+            raise ValueError(f"l2_grid must be non-empty values > 0, got {self.l2_grid!r}")
 
     @property
     def kind(self) -> str:

@@ -128,6 +128,7 @@ METHODS: dict[str, Method] = {
         "Sparse-CBM, elastic-net final layer at NEC=5",
         {"loss": "sparse", "final_layer": "elastic-net", "nec": 5.0},
     ),
+    "label-free-cbm": Method("Label-free CBM: cos^3 projection + elastic-net at NEC=5"),
     "random-concepts": Method(
         "control: Sparse-CBM on random concept vectors", {"loss": "sparse"}, random_concepts=True
     ),
