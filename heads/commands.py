@@ -37,10 +37,17 @@ def fit_head_table(result) -> str:
     return "\n".join(rows)
 
 
+def _steps(history) -> str:
+    if not history:
+        return ""
+    best = max(history, key=lambda h: h["val_top1"])  # first of the best: the one kept
+    return f", {history[-1]['step']} steps, best val top-1 at step {best['step']}"
+
+
 def _render_fit(cfg, result) -> str:
     lines = [
         f"wrote {result.out_dir} ({result.loss}, kind {result.kind}, {result.device}, "
-        f"{result.seconds:.1f} s, {len(result.history) or '-'} epochs)"
+        f"{result.seconds:.1f} s{_steps(result.history)})"
     ]
     if "note" in result.metrics:
         lines.append(f"note: {result.metrics['note']}")

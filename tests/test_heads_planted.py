@@ -225,8 +225,12 @@ def test_default_heads_are_never_below_their_start_on_validation(planted, loss):
     r = planted["results"][f"{loss}-default"]
     hist = r.history
     assert hist[0]["step"] == 0
-    assert r.metrics["val"]["top1"] == pytest.approx(max(h["val_top1"] for h in hist))
-    assert r.metrics["val"]["top1"] >= hist[0]["val_top1"]
+    best = max(h["val_top1"] for h in hist)
+    kept = r.metrics["val"]["top1"]
+    assert kept >= hist[0]["val_top1"]
+    # the best checkpoint, or the start when the best is within one standard error of it
+    margin = load_head(r.out_dir).config["fit"]["start_margin"]
+    assert kept == pytest.approx(best) or (kept == hist[0]["val_top1"] and best <= kept + margin)
     if loss != "sparse":  # dense: step 0 is the zero-shot classifier (class_emb in span(D))
         assert hist[0]["val_top1"] == pytest.approx(r.metrics["zero_shot"]["val"]["top1"])
         assert r.metrics["test"]["top1"] >= r.metrics["zero_shot"]["test"]["top1"] - 0.01
