@@ -106,7 +106,7 @@ def _training_free(cfg, name, cache, data) -> dict | None:
 def _fit_method(cfg, name, method, cache, data, device) -> tuple[dict, dict]:
     head_cfg = FitHeadConfig(
         cache=cfg.cache, out=cfg.out_dir() / "heads" / name, seed=cfg.seed, device=cfg.device,
-        progress=cfg.progress, overwrite=True, **method.head,
+        progress=cfg.progress, overwrite=True, max_steps=cfg.max_steps, **method.head,
     )  # fmt: skip
     if method.random_concepts:
         data = dataclasses.replace(data, text=_random_text(data.text, cfg.seed))

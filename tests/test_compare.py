@@ -23,7 +23,16 @@ def tiny(tmp_path_factory):
 
 def test_compare_writes_its_table_through_the_cli(tiny, tmp_path):
     out = tmp_path / "cmp"
-    args = ["compare", "--cache", str(tiny), "--out", str(out), "--no-progress"]
+    args = [
+        "compare",
+        "--cache",
+        str(tiny),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--max-steps",
+        "60",
+    ]
     for m in ("zero-shot", "cms", "l1", "sparse", "sparse-elastic-net", "random-concepts"):
         args += ["--method", m]
     res = runner.invoke(app, args)

@@ -143,6 +143,7 @@ class CompareConfig:
     methods: tuple[str, ...] = option(tuple(METHODS), "Methods to run (repeat the option).",
                                       choices=lambda: list(METHODS), flag="--method")  # fmt: skip
     seed: int = option(0, "Seed of every fit (validation split, init, shuffling).")
+    max_steps: int = option(2000, "Step budget of every fitted head (fit-head --max-steps).")
     device: str = option("auto", DEVICE_HELP)
     progress: bool = option(True, "Show progress bars.")
     overwrite: bool = option(False, "Replace a non-empty --out.")
