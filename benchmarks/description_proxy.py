@@ -259,8 +259,9 @@ def cache_stats(path: Path) -> dict:
         per_test = np.bincount(test.labels, minlength=n_c)
         by_text: dict[str, set[str]] = {}
         for i in [*train.ids, *test.ids]:
-            cls, text = str(i).split("|", 1)
-            by_text.setdefault(text, set()).add(cls)
+            if "|" in str(i):  # "<class>|<description>" ids of a description cache
+                cls, text = str(i).split("|", 1)
+                by_text.setdefault(text, set()).add(cls)
         total = per_train + per_test
         return {
             "train_rows": len(train),
@@ -302,8 +303,8 @@ def run_compare(cache_path: Path, out: Path) -> dict:
     rows = {}
     with open(out / "results.csv", newline="") as f:
         for r in csv.DictReader(f):
-            rows[r.pop("method")] = {k: (float(v) if v not in ("", None) else None)
-                                     for k, v in r.items()}  # fmt: skip
+            name = r.pop("method")
+            rows[name] = {k: (float(v) if v not in ("", None) else None) for k, v in r.items()}
     rows["compare"] = {"seconds": seconds, "cpu_seconds": cpu, "argv": cmd[2:]}
     for name, r in rows.items():
         if name != "compare":
@@ -455,7 +456,11 @@ def main() -> None:
             "logit_scale": LOGIT_SCALE,
             "command": "python cli.py compare --cache C --out D --overwrite --no-progress",
             "cli_flags": "defaults",
-            "sources": {ds: {k: str(v) for k, v in SOURCES[ds].items()} for ds in args.datasets},
+            "sources": {
+                ds: {k: str(v) for k, v in SOURCES[ds].items()}
+                for ds in args.datasets
+                if ds in SOURCES
+            },
         },
         "versions": _versions(),
         "machine": {

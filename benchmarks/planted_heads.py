@@ -33,15 +33,22 @@ from heads.cbm.train import run  # noqa: E402
 from heads.io.artifact import load_head  # noqa: E402
 
 # name -> FitHeadConfig overrides; the defaults are fit-head's (joint coupling, identity init)
+# the SPEC §2 CBM as the thesis states it: diagonal positives, W_F from zero, no TopK
+SPEC = dict(fc_init="zero", positives="diagonal", topk=0)
+# name -> FitHeadConfig overrides; everything else is fit-head's defaults
 HEADS = {
     "l1": dict(loss="l1"),
     "contrastive": dict(loss="contrastive"),
-    "contrastive-sequential": dict(loss="contrastive", coupling="sequential"),
     "sparse": dict(loss="sparse"),
-    "sparse-sequential": dict(loss="sparse", coupling="sequential"),
-    "sparse-topk5": dict(loss="sparse", topk=5),
-    "l1-topk5": dict(loss="l1", topk=5),
-    "sparse-random-init": dict(loss="sparse", cbl_init="random"),
+    "sparse --final-layer elastic-net": dict(loss="sparse", final_layer="elastic-net"),
+    "sparse --topk 4 (10%)": dict(loss="sparse", topk=4),
+    "l1 (SPEC start)": dict(loss="l1", **SPEC),
+    "contrastive (SPEC start)": dict(loss="contrastive", **SPEC),
+    "contrastive (SPEC start, sequential)": dict(loss="contrastive", coupling="sequential", **SPEC),
+    "sparse (SPEC start)": dict(loss="sparse", **SPEC),
+    "sparse (SPEC start, sequential)": dict(loss="sparse", coupling="sequential", **SPEC),
+    "sparse (SPEC start) --topk 5": dict(loss="sparse", **{**SPEC, "topk": 5}),
+    "sparse (SPEC start) --cbl-init random": dict(loss="sparse", cbl_init="random", **SPEC),
     "probe": dict(loss="probe"),
     "zs-probe": dict(loss="zs-probe"),
 }
@@ -67,7 +74,6 @@ def main() -> None:
     ap.add_argument("--concepts", type=int, default=40)
     ap.add_argument("--noise", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument(
         "--json", type=Path, default=Path(__file__).parent / "results" / "planted_heads.json"
     )
@@ -83,8 +89,8 @@ def main() -> None:
         )
         for name, over in HEADS.items():
             cfg = FitHeadConfig(
-                cache=path, out=Path(tmp) / name, seed=args.seed, epochs=args.epochs,
-                batch_size=64, patience=10, progress=False, **over,
+                cache=path, out=Path(tmp) / "head", seed=args.seed, progress=False,
+                overwrite=True, **over,
             )  # fmt: skip
             t0 = time.perf_counter()
             r = run(cfg)

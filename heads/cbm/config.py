@@ -20,7 +20,7 @@ FC_INITS = ("zero-shot", "prior", "zero")  # heads.cbm.init.FC_INITS
 POSITIVES = ("class", "diagonal")
 AGGREGATES = ("mean-in-log", "mean-of-losses")  # heads.cbm.positives
 FINAL_LAYERS = ("dense", "elastic-net")
-AUTO_TOPK_FRACTION = 0.05  # sparse default: 5% of |D| active (>= 95% inactive)
+AUTO_TOPK_FRACTION = 0.1  # sparse default: 10% of |D| active (>= 90% inactive)
 AUTO_TOPK_MAX = 64
 DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 
@@ -45,7 +45,7 @@ class FitHeadConfig:
     cbl_init: str = option("identity", "identity: a = psi at step 0; random: nn.Linear's default.",
                            choices=CBL_INITS)  # fmt: skip
     topk: int | None = option(None, "Keep each image's k largest CBL activations, zero the "
-                              "rest; 0 = off (SPEC §2); default: 5% of |D| (at most 64) for "
+                              "rest; 0 = off (SPEC §2); default: 10% of |D| (at most 64) for "
                               "sparse, off for l1/contrastive.")  # fmt: skip
     fc_init: str = option("zero-shot", "Final-layer start: zero-shot (step 0 = the zero-shot "
                           "classifier), prior (class-concept cosines), zero.",
