@@ -69,7 +69,8 @@ def write_cache(
         chunk_rows=chunk_rows,
         shard_rows=shard_rows,
     )
-    writer.prepare(overwrite=overwrite)
+    if writer.prepare(overwrite=overwrite) == "complete":
+        return writer.path  # the same arrays are already there, complete: nothing to write
     for name, d in splits.items():
         n = len(d["labels"])
         ok = np.asarray(d.get("ok", np.ones(n, bool)), dtype=bool)

@@ -223,3 +223,12 @@ def test_teammate_reads_with_plain_zarr_and_h5py(tmp_path):
         assert f["test/ok"][:].tolist() == a["splits"]["test"]["ok"].tolist()
     np.testing.assert_array_equal(z_emb, h_emb)
     assert z_concepts == h_concepts == a["concepts"]
+
+
+def test_write_cache_twice_with_the_same_inputs_is_a_no_op(tmp_path):
+    from cache.planted import make_planted_cache
+
+    first = make_planted_cache(tmp_path / "p.zarr", n_train=20, n_test=10, seed=3)
+    fp = open_cache(first).fingerprint
+    again = make_planted_cache(tmp_path / "p.zarr", n_train=20, n_test=10, seed=3)
+    assert again == first and open_cache(again).fingerprint == fp
