@@ -54,7 +54,7 @@ def main() -> None:
         for n in args.sizes:
             path = make_planted_cache(
                 Path(tmp) / f"p{n}.zarr", n_train=n, n_test=2000, n_classes=10, n_concepts=143,
-                embed_dim=128, concepts_per_class=5, noise=3.0, seed=0,
+                embed_dim=128, concepts_per_class=5, noise=6.0, seed=0,
             )  # fmt: skip
             for loss in args.losses:
                 rows = {}
@@ -81,7 +81,7 @@ def main() -> None:
                 print(f"n={n} {loss}: default is {100 * gap:.2f} points below the best", flush=True)
     out = {
         "benchmark": "defaults_sweep",
-        "cache": "planted: 10 classes, |D|=143, E=128, 5 concepts/class, noise 3.0, 2000 test",
+        "cache": "planted: 10 classes, |D|=143, E=128, 5 concepts/class, noise 6.0, 2000 test",
         "sweep": SWEEP,
         "results": results,
         "all_within_1_point": all(v["within_1_point"] for v in results.values()),

@@ -1,14 +1,27 @@
 """Stage-one throughput: (a) decode + preprocess with N workers on real JPEGs, (b) model forward
 for an architecture built from config (random weights cost the same FLOPs), (c) end to end
-through `pipeline.embed.run`. Prints a table and writes JSON.
+through `pipeline.embed.run`. Prints a table and writes JSON (`--out`).
+
+(c) is `EmbedResult.images_per_s` of one `embed` run over `--images` images (it starts after
+the model load, so it still holds the DataLoader start and, with `--compile`, the compilation).
+With `--e2e-small N` a second, smaller run over N images is made first and the steady-state
+rate (`end_to_end_marginal_img_per_s`) = extra images / extra wall seconds between the two
+runs, which cancels every fixed cost (model load, workers' start, dynamo tracing).
+
+`--compile` compiles the vision tower (`torch.compile`, as `embed --compile`) in (b) and (c);
+(b)'s warm-up then holds the compilation (`model_warmup_seconds`). The JPEGs are cycled (hard
+links) when `--images` exceeds the distinct files; decoding each link is real work.
 
     python benchmarks/embed_throughput.py --arch vit-l-14 --device cuda --dtype fp16   # the target
+    python benchmarks/embed_throughput.py --arch vit-l-14 --device cuda --dtype fp16 --compile \
+        --images 4096 --e2e-small 1024 --model-dir /tmp/vitl14 --out /tmp/embed.json
     python benchmarks/embed_throughput.py --arch tiny --device cpu                     # CPU smoke
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -58,7 +71,13 @@ ARCHS = {  # vision tower shapes; text tower kept small (it runs once per cache,
 
 
 def build_model_dir(arch: str, out: Path) -> Path:
-    """A CLIP of the given vision shape, random init, saved like a hub checkpoint."""
+    """A CLIP of the given vision shape, random init, saved like a hub checkpoint.
+
+    A directory holding a finished build of the same arch (marker file) is reused as is.
+    """
+    marker = out / ".embed_throughput_arch"
+    if marker.exists() and marker.read_text() == arch:
+        return out
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import build_tiny_clip  # the byte-level tokenizer writer
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
@@ -70,15 +89,21 @@ def build_model_dir(arch: str, out: Path) -> Path:
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=a, projection_dim=proj))
     model.save_pretrained(out)
     CLIPImageProcessorPil().save_pretrained(out)  # 224 shortest side, 224 crop, bicubic
+    marker.write_text(arch)
     return out
 
 
-def image_folder(data: Path, n: int, tmp: Path) -> Path:
-    """imagefolder layout of n real JPEGs (ImageNet sample, cycled) via hard links."""
+def sample_jpegs(data: Path) -> list[Path]:
     files = sorted((data / "imagenet_sample").glob("*.JPEG"))
     if not files:
         raise SystemExit(f"no JPEGs under {data}/imagenet_sample: pass --data")
-    root = tmp / "images"
+    return files
+
+
+def image_folder(data: Path, n: int, tmp: Path, name: str = "images") -> Path:
+    """imagefolder layout of n real JPEGs (ImageNet sample, cycled) via hard links."""
+    files = sample_jpegs(data)
+    root = tmp / name
     (root / "test" / "all").mkdir(parents=True)
     for i in range(n):
         dst = root / "test" / "all" / f"{i:06d}.jpg"
@@ -108,90 +133,154 @@ def bench_decode(root: Path, workers: int, batch: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def bench_model(model_dir: Path, device: str, dtype: str, batch: int, iters: int) -> float:
-    enc = ClipEncoder.load(str(model_dir), device=device, dtype=dtype)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_model(
+    model_dir: Path, device: str, dtype: str, batch: int, iters: int, compile: bool = False
+) -> tuple[float, float]:
+    """(images/s over `iters` timed forwards, seconds of the 2 warm-up forwards)."""
+    enc = ClipEncoder.load(str(model_dir), device=device, dtype=dtype, compile=compile)
     imgs = torch.randint(0, 255, (batch, 224, 224, 3), dtype=torch.uint8, device=enc.device)
     spec = PreprocessSpec()
-    for _ in range(2):  # warm-up (cuDNN/SDPA kernel selection)
+    t0 = time.perf_counter()
+    for _ in range(2):  # warm-up (cuDNN/SDPA kernel selection; the compilation with --compile)
         enc.encode_images(normalize_batch(imgs, spec, enc.dtype))
-    if enc.device.type == "cuda":
-        torch.cuda.synchronize()
+    _sync(enc.device)
+    warmup = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(iters):
         emb, _ = enc.encode_images(normalize_batch(imgs, spec, enc.dtype))
     emb.cpu()
-    return batch * iters / (time.perf_counter() - t0)
+    return batch * iters / (time.perf_counter() - t0), warmup
 
 
-def main() -> None:
+def bench_e2e(root: Path, model_dir: Path, out: Path, device: str, args, workers: int):
+    """One `pipeline.embed.run` over the imagefolder `root`; (EmbedResult, wall s, cache bytes)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    concepts = out.parent / "concepts.txt"
+    concepts.write_text("a dog\na cat\n")
+    cfg = EmbedConfig(
+        dataset="imagefolder",
+        root=root,
+        out=out,
+        concepts=concepts,
+        model=str(model_dir),
+        splits=("test",),
+        device=device,
+        dtype=args.dtype,
+        batch_size=args.batch,
+        workers=workers,
+        compile=args.compile,
+        progress=False,
+    )
+    t0 = time.perf_counter()
+    res = run(cfg)
+    wall = time.perf_counter() - t0
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    return res, wall, size
+
+
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", choices=sorted(ARCHS), default="vit-l-14")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
     p.add_argument("--images", type=int, default=2000, help="images for (a) and (c)")
+    p.add_argument(
+        "--e2e-small", type=int, default=0,
+        help="also run (c) on this many images first; reports the marginal (steady) rate",
+    )  # fmt: skip
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--iters", type=int, default=10, help="forward batches for (b)")
     p.add_argument("--workers", type=int, default=-1)
+    p.add_argument("--compile", action="store_true", help="torch.compile the vision tower")
+    p.add_argument(
+        "--compile-backend", default="inductor",
+        help="torch.compile backend for --compile (inductor = torch's default; eager or "
+             "aot_eager trace without code generation: a quick check of the --compile path)",
+    )  # fmt: skip
+    p.add_argument("--skip-decode", action="store_true", help="skip (a)")
+    p.add_argument(
+        "--model-dir", type=Path, default=None,
+        help="build the random-weight model here (reused when it holds the same arch)",
+    )  # fmt: skip
     p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data")
     p.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results/embed_throughput.json"
     )
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if not 0 <= args.e2e_small < args.images:
+        p.error("--e2e-small must be in [0, --images)")
     workers = args.workers if args.workers >= 0 else max(1, (os.cpu_count() or 1) - 1)
     device = (
         "cuda"
         if args.device == "auto" and torch.cuda.is_available()
         else ("cpu" if args.device == "auto" else args.device)
     )
+    distinct = len(sample_jpegs(args.data))
+    if args.compile and args.compile_backend != "inductor":
+        # ClipEncoder.load calls torch.compile(vision_model): give it the backend asked for
+        torch.compile = functools.partial(torch.compile, backend=args.compile_backend)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         root = image_folder(args.data, args.images, tmp)
-        model_dir = build_model_dir(args.arch, tmp / "model")
-        decode = bench_decode(root, workers, 64)
-        model = bench_model(model_dir, device, args.dtype, args.batch, args.iters)
-        concepts = tmp / "concepts.txt"
-        concepts.write_text("a dog\na cat\n")
-        out = tmp / "cache.zarr"
-        cfg = EmbedConfig(
-            dataset="imagefolder",
-            root=root,
-            out=out,
-            concepts=concepts,
-            model=str(model_dir),
-            splits=("test",),
-            device=device,
-            dtype=args.dtype,
-            batch_size=args.batch,
-            workers=workers,
-            progress=False,
-        )
         t0 = time.perf_counter()
-        res = run(cfg)
-        wall = time.perf_counter() - t0
-        size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        model_dir = build_model_dir(args.arch, args.model_dir or tmp / "model")
+        build_s = time.perf_counter() - t0
+        decode = None if args.skip_decode else bench_decode(root, workers, 64)
+        model, warmup = bench_model(
+            model_dir, device, args.dtype, args.batch, args.iters, args.compile
+        )
+        small = None
+        if args.e2e_small:
+            small_root = image_folder(args.data, args.e2e_small, tmp, "images-small")
+            small = bench_e2e(small_root, model_dir, tmp / "small" / "cache.zarr", device, args,
+                              workers)  # fmt: skip
+        res, wall, size = bench_e2e(root, model_dir, tmp / "big" / "cache.zarr", device, args,
+                                    workers)  # fmt: skip
+    marginal = None
+    if small is not None and wall > small[1]:
+        marginal = (args.images - args.e2e_small) / (wall - small[1])
+    cuda = device.startswith("cuda")
     result = {
+        "benchmark": "embed_throughput",
         "arch": args.arch,
+        "arch_config": ARCHS[args.arch],
         "device": device,
         "device_name": torch.cuda.get_device_name()
-        if device.startswith("cuda")
+        if cuda
         else platform.processor() or platform.machine(),
         "dtype": args.dtype,
+        "compile": args.compile,
+        "compile_backend": args.compile_backend if args.compile else None,
         "cpu_cores": os.cpu_count(),
         "workers": workers,
         "batch": args.batch,
+        "iters": args.iters,
         "images": args.images,
-        "decode_preprocess_img_per_s": round(decode, 1),
+        "distinct_jpegs": distinct,
+        "model_build_seconds": round(build_s, 2),
+        "decode_preprocess_img_per_s": None if decode is None else round(decode, 1),
         "model_forward_img_per_s": round(model, 1),
+        "model_warmup_seconds": round(warmup, 2),
         "end_to_end_img_per_s": round(res.images_per_s, 1),
         "end_to_end_wall_s_incl_model_load": round(wall, 2),
+        "e2e_small_images": args.e2e_small or None,
+        "e2e_small_wall_s": None if small is None else round(small[1], 2),
+        "end_to_end_marginal_img_per_s": None if marginal is None else round(marginal, 1),
         "cache_bytes_per_10k_images": int(size / args.images * 10_000),
+        "gpu_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
         "torch": torch.__version__,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     width = max(map(len, result))
     for k, v in result.items():
-        print(f"{k:<{width}}  {v}")
+        if k != "arch_config":
+            print(f"{k:<{width}}  {v}")
     print(f"wrote {args.out}")
 
 
