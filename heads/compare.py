@@ -14,6 +14,8 @@ evaluation path (`heads.eval.evaluate`). Methods (a registry; `--method` picks a
 - l1, contrastive, sparse     the CBM heads at `fit-head`'s defaults
 - sparse-elastic-net          the default sparse head with its final layer refitted along an
                               elastic-net path at NEC = 5
+- l1-elastic-net              the default l1 head (dense bottleneck) with the elastic-net final
+                              layer at NEC = 5: compare with l1's acc_nec5 (its truncation)
 - label-free-cbm              Label-free CBM (heads.baselines.lfcbm): cos³ projection from the
                               image embedding + elastic-net final layer at NEC = 5
 - random-concepts             control: the default sparse head on random unit vectors in place

@@ -128,6 +128,10 @@ METHODS: dict[str, Method] = {
         "Sparse-CBM, elastic-net final layer at NEC=5",
         {"loss": "sparse", "final_layer": "elastic-net", "nec": 5.0},
     ),
+    "l1-elastic-net": Method(
+        "l1-CBM, elastic-net final layer at NEC=5",
+        {"loss": "l1", "final_layer": "elastic-net", "nec": 5.0},
+    ),
     "label-free-cbm": Method("Label-free CBM: cos^3 projection + elastic-net at NEC=5"),
     "random-concepts": Method(
         "control: Sparse-CBM on random concept vectors", {"loss": "sparse"}, random_concepts=True
