@@ -368,8 +368,9 @@ def measure(cache_path: str | Path, out_root: Path | None = None, seed: int = 0)
 
 # --------------------------------------------------------------------------- report
 
-COLUMNS = ["zero-shot", "cms", "description", "probe", "sklearn-probe", "l1", "contrastive",
-           "sparse", "sparse-elastic-net", "random-concepts"]  # fmt: skip
+COLUMNS = ["zero-shot", "cms", "description", "probe", "sklearn-probe", "label-free-cbm", "l1",
+           "contrastive", "sparse", "l1-elastic-net", "sparse-elastic-net",
+           "random-concepts"]  # fmt: skip
 SPARSE_COLUMNS = ["l1", "contrastive", "sparse", "sparse-elastic-net"]
 
 
