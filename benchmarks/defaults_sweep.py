@@ -82,7 +82,7 @@ def main() -> None:
     out = {
         "benchmark": "defaults_sweep",
         "cache": "planted: 10 classes, |D|=143, E=128, 5 concepts/class, noise 6.0, 2000 test",
-        "sweep": SWEEP,
+        "sweep": {k: SWEEP[k] for k in args.configs},
         "results": results,
         "all_within_1_point": all(v["within_1_point"] for v in results.values()),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

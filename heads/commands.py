@@ -37,17 +37,16 @@ def fit_head_table(result) -> str:
     return "\n".join(rows)
 
 
-def _steps(history) -> str:
-    if not history:
+def _steps(result) -> str:
+    if not result.history:
         return ""
-    best = max(history, key=lambda h: h["val_top1"])  # first of the best: the one kept
-    return f", {history[-1]['step']} steps, best val top-1 at step {best['step']}"
+    return f", {result.history[-1]['step']} steps, kept step {result.best_step}"
 
 
 def _render_fit(cfg, result) -> str:
     lines = [
         f"wrote {result.out_dir} ({result.loss}, kind {result.kind}, {result.device}, "
-        f"{result.seconds:.1f} s{_steps(result.history)})"
+        f"{result.seconds:.1f} s{_steps(result)})"
     ]
     if "note" in result.metrics:
         lines.append(f"note: {result.metrics['note']}")
@@ -75,9 +74,7 @@ def _evaluate():
 def _explain():
     from heads.eval.commands import run_explain
 
-    return run_explain, lambda cfg, r: (
-        f"{r.summary()}\nwrote {r.files['png']} and {r.files['csv']}"
-    )
+    return run_explain, lambda cfg, r: f"{r.summary()}\nwrote {r.files['png']} and {r.files['csv']}"
 
 
 config_command(

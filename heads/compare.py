@@ -146,6 +146,7 @@ def run_compare(cfg: CompareConfig) -> CompareResult:
 
 def markdown(table: pd.DataFrame) -> str:
     """The table as markdown: accuracies and sparsity in %, NEC and seconds as numbers."""
+
     def cell(col, v):
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return "–"

@@ -188,7 +188,9 @@ def test_zero_image_row_scores_zero_and_predicts_class_zero(small):
 
 
 def test_sum_normalisation_is_exactly_none_and_says_so(small, caplog, monkeypatch):
-    monkeypatch.setattr(cms_normalize, "_alias_logged", set())  # the note is logged once per process
+    monkeypatch.setattr(
+        cms_normalize, "_alias_logged", set()
+    )  # the note is logged once per process
     with caplog.at_level(logging.INFO, logger="heads.baselines.normalize"):
         a = cms_predict(
             small["images"], small["concepts"], small["classes"], normalize="sum", keep_scores=True

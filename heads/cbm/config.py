@@ -54,8 +54,9 @@ class FitHeadConfig:
                             "linked to / nearest the image's class; diagonal = image k <-> "
                             "concept k (thesis).", choices=POSITIVES)  # fmt: skip
     positives_per_class: int = option(
-        0, "--positives class: m nearest concepts per class; 0 = the cache's concept->class "
-        "links, else |D|/|C| (<= 32)."
+        0,
+        "--positives class: m nearest concepts per class; 0 = the cache's concept->class "
+        "links, else |D|/|C| (<= 32).",
     )
     aggregate: str = option("mean-in-log", "Several positives: -log mean of their probabilities "
                             "(mean-in-log) or mean of per-positive losses.",

@@ -64,7 +64,8 @@ class FitHeadResult:
     loss: str
     device: str  # resolved device
     metrics: dict  # {"val": {...}, "test": {...}, "zero_shot": {...}, ...}
-    history: list = field(default_factory=list)  # per-epoch dicts (cbm heads)
+    history: list = field(default_factory=list)  # per-check dicts: step, val_top1, losses (cbm)
+    best_step: int | None = None  # the step whose weights were kept (cbm heads)
     seconds: float = 0.0  # wall time of the whole run
 
 
@@ -364,5 +365,6 @@ def run(config: FitHeadConfig) -> FitHeadResult:
         device=str(device),
         metrics=metrics,
         history=info.get("history", []),
+        best_step=info.get("best_step"),
         seconds=seconds,
     )

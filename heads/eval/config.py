@@ -163,5 +163,3 @@ class CompareConfig:
 
     def out_dir(self) -> Path:
         return self.out if self.out is not None else Path("runs/compare") / self.cache.stem
-
-
