@@ -46,7 +46,7 @@ def test_compare_writes_its_table_through_the_cli(tiny, tmp_path):
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = table.set_index("method")
     assert rows.loc["sparse-elastic-net", "nec"] <= 5.0 + 1e-9
-    assert rows.loc["sparse", "act_sparsity"] >= 0.9
+    assert rows.loc["sparse", "act_sparsity"] >= 0.9 - 1e-6  # fp32 mean of exact 0.9 rows
     assert rows.loc["zero-shot", "top1"] > 0.5  # planted caches are easy for zero-shot
     assert (out / "heads" / "l1" / "config.json").is_file()
     again = runner.invoke(app, args)  # results are never overwritten silently
