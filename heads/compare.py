@@ -47,6 +47,7 @@ from heads.baselines.lfcbm import fit_label_free_cbm
 from heads.cbm.config import FitHeadConfig
 from heads.cbm.positives import links_from_concept_classes
 from heads.cbm.train import fit, save_fitted
+from heads.chunks import iter_chunks
 from heads.errors import HeadsConfigError, OutputExistsError
 from heads.eval.config import METHODS, CompareConfig
 from heads.eval.evaluate import evaluate, zero_shot_scorer
@@ -87,10 +88,10 @@ def _description(cache, data) -> dict | None:
         log.info("description: %d class(es) have no linked concept; they score 0",
                  int((n_linked == 0).sum()))  # fmt: skip
     weights = links / n_linked.clamp_min(1)  # (|C|, |D|) mean over the class's descriptors
-    cos = data.test.x @ data.text.concept_emb.T  # (N, |D|)
-    logits = cos @ weights.T
-    return classification_metrics(ranked(logits, 5).cpu(), data.test.y.cpu().numpy(),
-                                  data.n_classes)  # fmt: skip
+    x = data.test.x
+    top = torch.cat([ranked((x[sl] @ data.text.concept_emb.T) @ weights.T, 5).cpu()
+                     for sl in iter_chunks(len(x))])  # fmt: skip  # (N, 5), chunked
+    return classification_metrics(top, data.test.y.cpu().numpy(), data.n_classes)
 
 
 def _training_free(cfg, name, cache, data) -> dict | None:
@@ -165,9 +166,7 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def _plot(table: pd.DataFrame, path: Path, title: str) -> Path:
-    fig, axes = new_figure((10, 4))
-    fig.clear()
-    ax1, ax2 = fig.subplots(1, 2)
+    fig, (ax1, ax2) = new_figure((10, 4), ncols=2)
     for ax, col, label in ((ax1, "nec", "NEC (non-zero weights per class)"),
                            (ax2, "act_sparsity", "activation sparsity")):  # fmt: skip
         for _, r in table.iterrows():

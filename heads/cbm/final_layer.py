@@ -17,21 +17,22 @@ import torch
 import torch.nn.functional as F
 
 from heads.cbm.elastic_net import fit_elastic_net
+from heads.chunks import iter_chunks
 from heads.features import FEATURES
 
 log = logging.getLogger(__name__)
 
 
 def _activations(model, data, rows) -> torch.Tensor:
+    """Bottleneck activations (n, |D|) of train rows `rows`, chunk by chunk, no grad."""
     x = data.train.x[rows]
     with torch.no_grad():
         return torch.cat(
-            [model.activations(FEATURES["cbm"](x[s : s + 8192], data.text)) for s in
-             range(0, len(x), 8192)]
-        )  # fmt: skip
+            [model.activations(FEATURES["cbm"](x[sl], data.text)) for sl in iter_chunks(len(x))]
+        )
 
 
-def _refit_on_support(a, y, weight, bias, n_classes: int, l2: float = 1e-4, iters: int = 200):
+def _refit_on_support(a, y, weight, bias, l2: float = 1e-4, iters: int = 200):
     """The selected support with the shrinkage taken out (relaxed lasso): CE + l2/2 ||W||^2 over
     the non-zero entries only, from the path's weights, by full-batch L-BFGS (zeros stay zero)."""
     mask = weight != 0
@@ -74,7 +75,7 @@ def fit_sparse_final_layer(model, data, config) -> dict:
     )  # fmt: skip
     y_fit, y_val = data.train.y[data.train_idx], data.train.y[data.val_idx]
     w0, b0 = path.weight.to(a_fit), path.bias.to(a_fit)
-    w1, b1 = _refit_on_support(a_fit, y_fit, w0, b0, data.n_classes)
+    w1, b1 = _refit_on_support(a_fit, y_fit, w0, b0)
     val0, val1 = _top1(a_val, y_val, w0, b0), _top1(a_val, y_val, w1, b1)
     refit = val1 >= val0
     w, b = (w1, b1) if refit else (w0, b0)

@@ -25,11 +25,11 @@ def _short(text: str) -> str:
     return text if len(text) <= MAX_LABEL_CHARS else text[: MAX_LABEL_CHARS - 1] + "…"
 
 
-def new_figure(figsize):
-    """A Figure on its own Agg canvas and one axes (no pyplot, no global state)."""
+def new_figure(figsize, ncols: int = 1):
+    """A Figure on its own Agg canvas and its axes (one, or `ncols` side by side); no pyplot."""
     fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
+    return fig, (fig.add_subplot() if ncols == 1 else fig.subplots(1, ncols))
 
 
 def save_figure(fig, path: Path, dpi: int = 120) -> Path:

@@ -100,16 +100,6 @@ def locate_row(split: EvalSplit, index: int) -> int:
     return int(pos)
 
 
-def check_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
-
-
-def check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
 def _jsonable(x):
     """NaN/inf -> None (JSON has no NaN), numpy scalars -> Python, paths -> str."""
     if isinstance(x, dict):
