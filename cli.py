@@ -13,7 +13,11 @@ import typer
 
 from cache.commands import app as cache_app
 from heads.commands import app as heads_app
+from heads.contrastive.commands import app as contrastive_app
+from heads.sae.commands import app as sae_app
+from pipeline.attribution.commands import app as attribution_app
 from pipeline.commands import app as pipeline_app
+from pipeline.text_commands import app as text_app
 
 app = typer.Typer(
     add_completion=False,
@@ -22,7 +26,11 @@ app = typer.Typer(
     help="Interpretable image classification on frozen CLIP.",
 )
 app.add_typer(pipeline_app)
+app.add_typer(text_app)
+app.add_typer(attribution_app)
 app.add_typer(heads_app)
+app.add_typer(sae_app)
+app.add_typer(contrastive_app)
 app.add_typer(cache_app, name="cache")
 
 

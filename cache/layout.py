@@ -83,3 +83,19 @@ def shard_checksum(
     h.update(np.ascontiguousarray(ok, dtype=np.uint8).tobytes())
     h.update("\n".join(str(i) for i in ids).encode("utf-8"))
     return h.hexdigest()
+
+
+def model_fingerprint(metadata: dict) -> str:
+    """Identity of the embedding space a cache lives in: the CLIP model (id, revision, commit,
+    embedding width) that `embed` recorded. Artifacts fitted on one cache (heads, SAEs,
+    adapters, vocabularies) record it, and refuse a cache whose fingerprint differs.
+    Caches from `write_cache` (no model) are identified by their width and `metadata["model"]`
+    if the caller gave one."""
+    model = metadata.get("model")
+    key = {
+        "model": model if isinstance(model, dict) else {"id": model},
+        "embed_dim": int(metadata.get("embed_dim", 0)),
+    }
+    if isinstance(model, dict):
+        key["model"] = {k: model.get(k) for k in ("id", "revision", "commit", "embed_dim")}
+    return sha256_json(key)
