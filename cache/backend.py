@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CacheError
+from .errors import CacheCorruptError, CacheError
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 
@@ -86,12 +86,51 @@ class Backend:
             node = self._root[name]
         except KeyError as e:
             raise CacheError(f"{self.path} has no array '{name}': not a complete cache") from e
-        data = node[slice(start, stop)]
+        try:
+            data = node[slice(start, stop)]
+        except Exception as e:  # a codec/checksum/IO error of the storage library
+            raise CacheCorruptError(self._damage(name, node, start, stop, e)) from e
         if self.format == "hdf5" and data.dtype.kind in "OS":
             data = np.array([x.decode("utf-8") if isinstance(x, bytes) else x for x in data])
         if data.dtype.kind == "T":  # numpy StringDType from zarr v3 variable-length strings
             data = data.astype(object).astype(str) if data.size else np.zeros(data.shape, str)
         return np.asarray(data)
+
+    def file_of(self, name: str, row: int | None = None) -> str:
+        """The file holding array `name` (its shard containing `row`, for Zarr)."""
+        if self.format == "hdf5":
+            return f"{self.path} (dataset /{name})"
+        if row is None:
+            return str(self.path / name)
+        node = self._root[name]
+        shard_rows = (getattr(node, "shards", None) or node.chunks)[0]
+        rest = "/0" * (len(node.shape) - 1)
+        return str(self.path / name / "c" / f"{row // shard_rows}{rest}")
+
+    def _damage(self, name: str, node, start, stop, error: Exception) -> str:
+        """One line naming the file, array and shard that cannot be decoded."""
+        lo = start or 0
+        hi = stop if stop is not None else (node.shape[0] if node.shape else 0)
+        step = max((getattr(node, "shards", None) or getattr(node, "chunks", None) or (1,))[0], 1)
+        bad = None
+        for a in range(lo, hi, step):  # the first shard that fails on its own
+            try:
+                node[a : min(a + step, hi)]
+            except Exception:
+                bad = a
+                break
+        where = (
+            f", shard {bad // step} (rows {bad}..{min(bad + step, hi) - 1})"
+            if bad is not None
+            else ""
+        )
+        msg = " ".join(str(error).split())[:120]
+        return (
+            f"cache {self.path} is damaged: array '{name}'{where} cannot be read from "
+            f"{self.file_of(name, bad)} ({type(error).__name__}: {msg}). Check it with "
+            f"`python cli.py cache verify {self.path}` and re-create it with "
+            "`cli.py embed ... --overwrite`."
+        )
 
     def close(self) -> None:
         if self.format == "hdf5":

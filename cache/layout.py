@@ -8,6 +8,8 @@ Tree (identical in Zarr v3 and HDF5)::
     /{split}/labels           (N,)   int64
     /{split}/ids              (N,)   str, original index or path relative to the dataset root
     /{split}/ok               (N,)   bool, false for unreadable images
+    /{split}/view_emb         (N, V, E) float16, unit rows: V augmented views of each image
+                              (only in caches written with `embed --views V`)
     /text/concept_emb         (|D|, E) float32, unit rows
     /text/class_emb           (|C|, E) float32, unit rows
     /text/concepts            (|D|,) str
@@ -29,6 +31,17 @@ FORMAT_VERSION = 1
 DEFAULT_CHUNK_ROWS = 4096  # rows per chunk: the unit a reader decodes
 DEFAULT_SHARD_ROWS = 65536  # rows per shard: the unit of work, resume and ownership
 SPLIT_ARRAYS = ("image_emb", "norms", "labels", "ids", "ok")
+VIEW_ARRAY = "view_emb"
+# the bytes a checksum is taken over: a fixed dtype and byte order per array
+CHECKSUM_DTYPES = {
+    "image_emb": "<f2",
+    "view_emb": "<f2",
+    "norms": "<f4",
+    "labels": "<i8",
+    "ok": "u1",
+    "concept_emb": "<f4",
+    "class_emb": "<f4",
+}
 TEXT_GROUP = "text"
 CLASS_SEP = "|"
 
@@ -72,10 +85,21 @@ def sha256_lines(items: list[str]) -> str:
     return hashlib.sha256("\n".join(items).encode("utf-8")).hexdigest()
 
 
+def array_checksum(name: str, values: np.ndarray) -> str:
+    """sha256 of one array's rows as stored: numbers in CHECKSUM_DTYPES[name], strings (ids,
+    text lists) '\\n'-joined UTF-8. Recorded per shard at write time, checked on every read."""
+    if name in CHECKSUM_DTYPES:
+        blob = np.ascontiguousarray(values, dtype=CHECKSUM_DTYPES[name]).tobytes()
+    else:
+        blob = "\n".join(str(i) for i in values).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()
+
+
 def shard_checksum(
     image_emb: np.ndarray, norms: np.ndarray, labels: np.ndarray, ids: np.ndarray, ok: np.ndarray
 ) -> str:
-    """sha256 over one shard's stored bytes, in a fixed dtype and byte order."""
+    """sha256 over one shard's five arrays together (format 1; kept for `cache verify` of caches
+    written before per-array checksums)."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(image_emb, dtype="<f2").tobytes())
     h.update(np.ascontiguousarray(norms, dtype="<f4").tobytes())
@@ -99,3 +123,37 @@ def model_fingerprint(metadata: dict) -> str:
     if isinstance(model, dict):
         key["model"] = {k: model.get(k) for k in ("id", "revision", "commit", "embed_dim")}
     return sha256_json(key)
+
+
+_KEY_COEF = np.random.default_rng(20261202).integers(1, 2**62, size=4096, dtype=np.int64)
+
+
+def row_keys(emb16: np.ndarray) -> np.ndarray:
+    """(N,) int64 key per fp16 row: an exact integer hash of its bits (equal rows, equal keys;
+    wrap-around integer arithmetic, so no rounding can make two equal rows differ)."""
+    bits = np.ascontiguousarray(emb16, dtype="<f2").view("<u2").astype(np.int64)
+    e = bits.shape[1]
+    coef = np.resize(_KEY_COEF, e)
+    with np.errstate(over="ignore"):
+        return bits @ coef
+
+
+def count_overlap(a: dict, b: dict) -> dict:
+    """Rows shared by two splits: {"embeddings": rows of `b` whose fp16 embedding equals a row
+    of `a` exactly, "ids": ids present in both}. Each of a, b: image_emb (fp16), ids, ok;
+    unreadable rows (zeros) never count."""
+    valid = np.flatnonzero(np.asarray(a["ok"], bool))
+    ka = row_keys(a["image_emb"])[valid]
+    order = np.argsort(ka, kind="stable")
+    ka_sorted, kb = ka[order], row_keys(b["image_emb"])
+    cand = np.flatnonzero(np.asarray(b["ok"], bool) & np.isin(kb, ka_sorted))
+    same = 0
+    for j in cand:  # confirm exact equality: a key collision is not an overlap
+        lo, hi = (
+            np.searchsorted(ka_sorted, kb[j], "left"),
+            np.searchsorted(ka_sorted, kb[j], "right"),
+        )
+        rows = valid[order[lo:hi]]
+        same += bool(np.any(np.all(a["image_emb"][rows] == b["image_emb"][j], axis=1)))
+    ids = len(set(map(str, a["ids"])) & set(map(str, b["ids"])))
+    return {"embeddings": int(same), "ids": int(ids)}

@@ -1,7 +1,11 @@
 """The one reader API every stage-two command uses: `open_cache(path)` (SPEC §5).
 
 Whole arrays are loaded in one call per split (single-row reads from Zarr cost milliseconds).
-An incomplete cache is refused unless `allow_incomplete=True`.
+An incomplete cache is refused unless `allow_incomplete=True`. Every array read is checked
+against the sha256 recorded per shard when it was written (`verify=False` skips it, for users
+who ran `cache verify` once): a damaged cache is an error naming the array and the shard, never
+silently used. Hashing costs far less than the matmuls that follow
+(`benchmarks/checked_reads.py`).
 """
 
 from __future__ import annotations
@@ -13,8 +17,16 @@ from pathlib import Path
 import numpy as np
 
 from .backend import Backend
-from .errors import CacheError, IncompleteCacheError
-from .layout import CLASS_SEP, FORMAT_NAME, TEXT_GROUP
+from .errors import CacheCorruptError, CacheError, IncompleteCacheError
+from .layout import (
+    CLASS_SEP,
+    FORMAT_NAME,
+    TEXT_GROUP,
+    VIEW_ARRAY,
+    ShardPlan,
+    array_checksum,
+    shard_checksum,
+)
 
 
 @dataclass(frozen=True)
@@ -39,8 +51,9 @@ class SplitData:
 class Cache:
     """Read-only handle on an embedding cache (Zarr directory or HDF5 file)."""
 
-    def __init__(self, path: Path, allow_incomplete: bool = False):
+    def __init__(self, path: Path, allow_incomplete: bool = False, verify: bool = True):
         self.path = Path(path)
+        self.verify = verify
         if not self.path.exists():
             raise CacheError(
                 f"no cache at {self.path}: run `python cli.py embed --out {self.path}` first"
@@ -83,8 +96,66 @@ class Cache:
     def logit_scale(self) -> float:
         return float(self.metadata["logit_scale"])
 
+    @property
+    def views(self) -> int:
+        """Augmented views per image in /{split}/view_emb (0: the cache has none)."""
+        return int(self.metadata.get("views", 0) or 0)
+
+    # -- checked reads ------------------------------------------------------------------------
+    def _damaged(self, name: str, what: str, row: int | None = None) -> CacheCorruptError:
+        return CacheCorruptError(
+            f"cache {self.path} is damaged: {name}{what} does not match the checksum recorded "
+            f"when it was written ({self._b.file_of(name, row)}). Re-create it with `cli.py "
+            "embed ... --overwrite` (or pass --no-verify to use it anyway)."
+        )
+
+    def read(self, group: str, name: str) -> np.ndarray:
+        """Array `group/name` whole, checked against its recorded sha256 (per shard)."""
+        data = self._b.read(f"{group}/{name}")
+        if not self.verify:
+            return data
+        if group == TEXT_GROUP:
+            want = self._b.attrs(TEXT_GROUP).get("sha256", {}).get(name)
+            if want is not None and array_checksum(name, data) != want:
+                raise self._damaged(f"{group}/{name}", "")
+            return data
+        attrs = self.split_attrs(group)
+        sums = attrs.get("array_sha256", {}).get(name)
+        if sums is None:
+            return data  # an incomplete cache, or one from before per-array checksums
+        plan = ShardPlan(int(attrs["n"]), int(attrs["shard_rows"]))
+        if len(sums) != plan.num_shards:
+            raise self._damaged(f"{group}/{name}", f" ({len(sums)} checksums for "
+                                f"{plan.num_shards} shards)")  # fmt: skip
+        for s, want in enumerate(sums):
+            r = plan.rows(s)
+            if array_checksum(name, data[r.start : r.stop]) != want:
+                raise self._damaged(
+                    f"{group}/{name}", f", shard {s} (rows {r.start}..{r.stop - 1}),", r.start
+                )
+        return data
+
+    def _legacy_check(self, name: str, arrays: dict) -> None:
+        """Caches written before per-array checksums: the whole-shard sha256 of format 1."""
+        attrs = self.split_attrs(name)
+        sums = attrs.get("shard_sha256")
+        if not self.verify or "array_sha256" in attrs or not sums:
+            return
+        norms = self._b.read(f"{name}/norms")
+        plan = ShardPlan(int(attrs["n"]), int(attrs["shard_rows"]))
+        for s, want in enumerate(sums):
+            r = slice(plan.rows(s).start, plan.rows(s).stop)
+            got = shard_checksum(
+                arrays["image_emb"][r], norms[r], arrays["labels"][r], arrays["ids"][r],
+                arrays["ok"][r],
+            )  # fmt: skip
+            if got != want:
+                raise self._damaged(
+                    f"{name}", f" shard {s} (rows {r.start}..{r.stop - 1})", r.start
+                )
+
     def _text(self, name: str) -> list[str]:
-        return [str(s) for s in self._b.read(f"{TEXT_GROUP}/{name}")]
+        return [str(s) for s in self.read(TEXT_GROUP, name)]
 
     @cached_property
     def concepts(self) -> list[str]:
@@ -103,14 +174,20 @@ class Cache:
         return [s.split(CLASS_SEP) if s else [] for s in self._text("concept_classes")]
 
     def concept_emb(self) -> np.ndarray:
-        return self._b.read(f"{TEXT_GROUP}/concept_emb").astype(np.float32)
+        return self.read(TEXT_GROUP, "concept_emb").astype(np.float32)
 
     def class_emb(self) -> np.ndarray:
-        return self._b.read(f"{TEXT_GROUP}/class_emb").astype(np.float32)
+        return self.read(TEXT_GROUP, "class_emb").astype(np.float32)
 
     def split_attrs(self, name: str) -> dict:
         self._check_split(name)
-        return self._b.attrs(name)
+        if name not in self._attrs:
+            self._attrs[name] = self._b.attrs(name)
+        return self._attrs[name]
+
+    @cached_property
+    def _attrs(self) -> dict:
+        return {}
 
     def _check_split(self, name: str) -> None:
         if name not in self.splits:
@@ -118,15 +195,28 @@ class Cache:
 
     def split(self, name: str) -> SplitData:
         self._check_split(name)
+        raw = {k: self.read(name, k) for k in ("image_emb", "labels", "ids", "ok")}
+        self._legacy_check(name, raw)
         return SplitData(
             name=name,
-            image_emb=self._b.read(f"{name}/image_emb").astype(np.float32),
-            labels=self._b.read(f"{name}/labels").astype(np.int64),
-            ids=self._b.read(f"{name}/ids").astype(str),
-            ok=self._b.read(f"{name}/ok").astype(bool),
+            image_emb=raw["image_emb"].astype(np.float32),
+            labels=raw["labels"].astype(np.int64),
+            ids=raw["ids"].astype(str),
+            ok=raw["ok"].astype(bool),
         )
 
+    def view_emb(self, name: str) -> np.ndarray:
+        """(N, V, E) float32 unit rows: the V augmented views of each image of split `name`."""
+        self._check_split(name)
+        if not self.views:
+            raise CacheError(
+                f"cache {self.path} has no augmented views; write one with `cli.py embed ... "
+                "--views V --augment simclr`"
+            )
+        return self.read(name, VIEW_ARRAY).astype(np.float32)
 
-def open_cache(path: str | Path, allow_incomplete: bool = False) -> Cache:
-    """Open a cache written by `cli.py embed` (or `write_cache`)."""
-    return Cache(Path(path), allow_incomplete=allow_incomplete)
+
+def open_cache(path: str | Path, allow_incomplete: bool = False, verify: bool = True) -> Cache:
+    """Open a cache written by `cli.py embed` (or `write_cache`). `verify=False` skips the
+    per-shard checksum check of every read."""
+    return Cache(Path(path), allow_incomplete=allow_incomplete, verify=verify)

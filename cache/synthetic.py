@@ -37,7 +37,8 @@ def write_cache(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     shard_rows: int = DEFAULT_SHARD_ROWS,
 ) -> Path:
-    """Write a complete cache. Each split: image_emb (N,E), labels (N,), optional ids, ok."""
+    """Write a complete cache. Each split: image_emb (N,E), labels (N,), optional ids, ok and
+    view_emb (N, V, E) (augmented views; every split must then have them)."""
     path = Path(path)
     if format is not None and format not in ("zarr", "hdf5"):
         raise ValueError(f"format must be 'zarr' or 'hdf5', got {format!r}")
@@ -60,6 +61,9 @@ def write_cache(
         "concepts_sha256": identity["concepts_sha256"],
         "classes_sha256": identity["classes_sha256"],
     }
+    views = {int(np.shape(d["view_emb"])[1]) if "view_emb" in d else 0 for d in splits.values()}
+    if len(views) > 1:
+        raise ValueError(f"every split must have the same number of views, got {sorted(views)}")
     writer = CacheWriter(
         path,
         identity=identity,
@@ -68,6 +72,7 @@ def write_cache(
         split_sizes=identity["splits"],
         chunk_rows=chunk_rows,
         shard_rows=shard_rows,
+        views=views.pop() if views else 0,
     )
     if writer.prepare(overwrite=overwrite) == "complete":
         return writer.path  # the same arrays are already there, complete: nothing to write
@@ -77,6 +82,11 @@ def write_cache(
         emb, norms = _unit_rows(d["image_emb"])
         emb[~ok] = 0.0
         ids = d.get("ids", [str(i) for i in range(n)])
+        views_emb = None
+        if "view_emb" in d:
+            v = np.asarray(d["view_emb"], dtype=np.float32)
+            views_emb = v / np.maximum(np.linalg.norm(v, axis=2, keepdims=True), 1e-12)
+            views_emb[~ok] = 0.0
         for shard in writer.pending_shards(name):
             r = writer.plans[name].rows(shard)
             sl = slice(r.start, r.stop)
@@ -88,6 +98,7 @@ def write_cache(
                 labels=np.asarray(d["labels"])[sl],
                 ids=list(ids)[sl],
                 ok=ok[sl],
+                view_emb=None if views_emb is None else views_emb[sl],
             )
     writer.write_text(
         concept_emb=concept_emb,

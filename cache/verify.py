@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .layout import ShardPlan, shard_checksum
+from .errors import CacheCorruptError, CacheError
+from .layout import TEXT_GROUP, VIEW_ARRAY, ShardPlan, shard_checksum
 from .reader import Cache, open_cache
 
 NORM_TOL = 5e-3  # fp16 storage keeps unit norms to about 1e-3
@@ -33,10 +34,25 @@ def _check_rows(name: str, emb: np.ndarray, ok: np.ndarray) -> list[str]:
     return problems
 
 
+def _read_all(cache: Cache, group: str, names) -> tuple[dict, list[str]]:
+    """Read each array through the checked reader; a damaged one becomes a problem line."""
+    arrays, problems = {}, []
+    for k in names:
+        try:
+            arrays[k] = cache.read(group, k)
+        except CacheCorruptError as e:
+            problems.append(str(e))
+        except CacheError as e:
+            problems.append(f"{group}/{k}: {e}")
+    return arrays, problems
+
+
 def _check_split(cache: Cache, name: str) -> list[str]:
     attrs = cache.split_attrs(name)
-    b = cache._b
-    arrays = {k: b.read(f"{name}/{k}") for k in ("image_emb", "norms", "labels", "ids", "ok")}
+    names = ["image_emb", "norms", "labels", "ids", "ok"] + ([VIEW_ARRAY] if cache.views else [])
+    arrays, problems = _read_all(cache, name, names)
+    if problems:
+        return problems
     n = attrs["n"]
     problems = [
         f"{name}/{k} has {len(v)} rows, expected {n}" for k, v in arrays.items() if len(v) != n
@@ -47,8 +63,13 @@ def _check_split(cache: Cache, name: str) -> list[str]:
         problems.append(
             f"{name}/image_emb shape {arrays['image_emb'].shape}, expected E={cache.embed_dim}"
         )
-    problems += _check_rows(name, arrays["image_emb"].astype(np.float32), arrays["ok"].astype(bool))
-    lab = arrays["labels"][arrays["ok"].astype(bool)]
+    ok = arrays["ok"].astype(bool)
+    problems += _check_rows(name, arrays["image_emb"].astype(np.float32), ok)
+    if VIEW_ARRAY in arrays:
+        v = arrays[VIEW_ARRAY].astype(np.float32)
+        for j in range(v.shape[1]):
+            problems += _check_rows(f"{name}/{VIEW_ARRAY}[:, {j}]", v[:, j], ok)
+    lab = arrays["labels"][ok]
     if lab.size and (lab.min() < 0 or lab.max() >= len(cache.classes)):
         problems.append(f"{name}/labels outside 0..{len(cache.classes) - 1}")
     plan = ShardPlan(n, attrs["shard_rows"])
@@ -65,29 +86,43 @@ def _check_split(cache: Cache, name: str) -> list[str]:
     return problems
 
 
+def _check_text(cache: Cache) -> list[str]:
+    names = ("concept_emb", "class_emb", "concepts", "classes", "templates", "concept_classes")
+    arrays, problems = _read_all(cache, TEXT_GROUP, names)
+    if problems:
+        return problems
+    for kind in ("concept", "class"):
+        emb, items = arrays[f"{kind}_emb"], arrays[f"{kind}s" if kind == "concept" else "classes"]
+        if emb.shape != (len(items), cache.embed_dim):
+            problems.append(
+                f"text/{kind}_emb shape {emb.shape} != ({len(items)}, {cache.embed_dim})"
+            )
+        elif not np.isfinite(emb).all() or np.any(np.abs(np.linalg.norm(emb, axis=1) - 1) > 1e-4):
+            problems.append(f"text/{kind}_emb has non-finite or non-unit rows")
+    return problems
+
+
 def verify_cache(path: str | Path) -> list[str]:
     """All problems found (empty list = healthy). Checks completeness, shapes, finiteness, unit
-    norms, label range and per-shard checksums."""
-    cache = open_cache(path, allow_incomplete=True)
+    norms, label range and the sha256 of every array per shard; storage errors (a damaged shard
+    index, a codec failure, a truncated file) are problems too, never a crash."""
+    try:
+        cache = open_cache(path, allow_incomplete=True)
+    except CacheError as e:
+        return [str(e)]
     with cache:
         problems = [] if cache.metadata.get("complete") else ["cache is incomplete (re-run embed)"]
         for name in cache.splits:
-            if not cache.split_attrs(name).get("complete"):
+            try:
+                complete = cache.split_attrs(name).get("complete")
+            except (CacheError, KeyError) as e:
+                problems.append(f"split '{name}' cannot be read: {e}")
+                continue
+            if not complete:
                 problems.append(f"split '{name}' is incomplete")
                 continue
             problems += _check_split(cache, name)
-        for kind, emb, names in (
-            ("concept", cache.concept_emb(), cache.concepts),
-            ("class", cache.class_emb(), cache.classes),
-        ):
-            if emb.shape != (len(names), cache.embed_dim):
-                problems.append(
-                    f"text/{kind}_emb shape {emb.shape} != ({len(names)}, {cache.embed_dim})"
-                )
-            elif not np.isfinite(emb).all() or np.any(
-                np.abs(np.linalg.norm(emb, axis=1) - 1) > 1e-4
-            ):
-                problems.append(f"text/{kind}_emb has non-finite or non-unit rows")
+        problems += _check_text(cache)
     return problems
 
 

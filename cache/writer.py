@@ -28,7 +28,10 @@ from .layout import (
     FORMAT_NAME,
     FORMAT_VERSION,
     TEXT_GROUP,
+    VIEW_ARRAY,
     ShardPlan,
+    array_checksum,
+    count_overlap,
     sha256_json,
     shard_checksum,
 )
@@ -80,7 +83,10 @@ class CacheWriter:
         embed_dim: int,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         shard_rows: int = DEFAULT_SHARD_ROWS,
+        views: int = 0,
     ):
+        if views < 0:
+            raise ValueError(f"views must be >= 0, got {views}")
         if shard_rows % min(chunk_rows, shard_rows):
             raise ValueError(
                 f"shard_rows={shard_rows} must be a multiple of chunk_rows={chunk_rows}"
@@ -99,6 +105,7 @@ class CacheWriter:
         self.embed_dim = embed_dim
         self.chunk_rows = min(chunk_rows, shard_rows)
         self.shard_rows = shard_rows
+        self.views = views  # augmented views per image stored in /{split}/view_emb (0: none)
         self._group = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -166,6 +173,7 @@ class CacheWriter:
             "identity": self.identity,
             "created": self.metadata.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "splits": sorted(self.plans),
+            "views": self.views,
             "complete": False,
         }
         group.attrs.update(attrs)
@@ -188,6 +196,16 @@ class CacheWriter:
             compressors=None,
             fill_value=0,
         )
+        if self.views:
+            g.create_array(
+                VIEW_ARRAY,
+                shape=(n, self.views, e),
+                chunks=(rows, self.views, e),
+                shards=(shard, self.views, e),
+                dtype="float16",
+                compressors=None,
+                fill_value=0,
+            )
         # 1-D arrays get one chunk per shard so a shard write touches exactly one file.
         for name, dtype, fill in (
             ("norms", "float32", 0.0),
@@ -231,8 +249,10 @@ class CacheWriter:
         ids,
         ok,
         failures: list[dict] | None = None,
+        view_emb=None,
     ) -> None:
-        """Write one whole shard (all rows it spans), then its completion marker."""
+        """Write one whole shard (all rows it spans), then its completion marker, which records
+        a sha256 per array (checked by every reader) and the shard's unreadable images."""
         rows = self.plans[split].rows(shard)
         sl = slice(rows.start, rows.stop)
         arrays = {
@@ -242,6 +262,18 @@ class CacheWriter:
             "ok": np.asarray(ok, dtype=bool),
             "ids": np.asarray([str(i) for i in ids], dtype=str),
         }
+        if (view_emb is None) != (self.views == 0):
+            raise ValueError(
+                f"{split}: this cache stores {self.views} views per image; "
+                + ("view_emb is missing" if view_emb is None else "got view_emb")
+            )
+        if view_emb is not None:
+            arrays[VIEW_ARRAY] = np.asarray(view_emb, dtype=np.float16)
+            if arrays[VIEW_ARRAY].shape[1:] != (self.views, self.embed_dim):
+                raise ValueError(
+                    f"{split}/{VIEW_ARRAY}: shard {shard} needs shape (rows, {self.views}, "
+                    f"{self.embed_dim}), got {arrays[VIEW_ARRAY].shape}"
+                )
         for name, arr in arrays.items():
             if arr.shape[0] != len(rows):
                 raise ValueError(
@@ -251,8 +283,10 @@ class CacheWriter:
         checksum = shard_checksum(
             arrays["image_emb"], arrays["norms"], arrays["labels"], arrays["ids"], arrays["ok"]
         )
+        sums = {name: array_checksum(name, arr) for name, arr in arrays.items()}
         _atomic_write_json(
-            self._marker(split, shard), {"checksum": checksum, "failures": failures or []}
+            self._marker(split, shard),
+            {"checksum": checksum, "arrays": sums, "failures": failures or []},
         )
 
     def write_text(
@@ -280,6 +314,11 @@ class CacheWriter:
             )
             if items:
                 arr[:] = np.asarray(items, dtype=str)
+        g.attrs["sha256"] = {
+            name: array_checksum(name, np.asarray(g[name][:]))
+            for name in ("concept_emb", "class_emb", "concepts", "classes", "templates",
+                         "concept_classes")
+        }  # fmt: skip
         _atomic_write_json(self.store_path / PROGRESS_DIR / "text.json", {"done": True})
 
     def text_done(self) -> bool:
@@ -296,19 +335,39 @@ class CacheWriter:
             )
         for split, plan in self.plans.items():
             marks = [json.loads(self._marker(split, s).read_text()) for s in range(plan.num_shards)]
+            names = sorted(marks[0]["arrays"]) if marks else []
             self._group[split].attrs.update(
                 {
                     "shard_sha256": [m["checksum"] for m in marks],
+                    "array_sha256": {k: [m["arrays"][k] for m in marks] for k in names},
                     "failures": [f for m in marks for f in m["failures"]],
                     "complete": True,
                 }
             )
-        self._group.attrs.update({**(extra_metadata or {}), "complete": True})
+        self._group.attrs.update(
+            {**(extra_metadata or {}), "overlap": self._overlaps(), "complete": True}
+        )
         shutil.rmtree(self.store_path / PROGRESS_DIR)
         if self.format == "hdf5":
             export_hdf5(self.store_path, self.path)
             shutil.rmtree(self.store_path)
         return self.path
+
+    def _overlaps(self) -> dict:
+        """{"a|b": {"embeddings": n, "ids": m}} for every pair of splits: recorded once here so
+        that stage two can refuse a train/test pair that shares rows without re-reading both."""
+        splits = sorted(self.plans)
+        if len(splits) < 2:
+            return {}
+        data = {
+            s: {k: np.asarray(self._group[f"{s}/{k}"][:]) for k in ("image_emb", "ids", "ok")}
+            for s in splits
+        }
+        return {
+            f"{a}|{b}": count_overlap(data[a], data[b])
+            for i, a in enumerate(splits)
+            for b in splits[i + 1 :]
+        }
 
 
 def export_hdf5(store: Path, out: Path) -> None:

@@ -109,7 +109,8 @@ def _training_free(cfg, name, cache, data) -> dict | None:
 def _fit_method(cfg, name, method, cache, data, device) -> tuple[dict, dict]:
     head_cfg = FitHeadConfig(
         cache=cfg.cache, out=cfg.out_dir() / "heads" / name, seed=cfg.seed, device=cfg.device,
-        progress=cfg.progress, overwrite=True, max_steps=cfg.max_steps, **method.head,
+        progress=cfg.progress, overwrite=True, max_steps=cfg.max_steps, verify=cfg.verify,
+        allow_overlap=cfg.allow_overlap, **method.head,
     )  # fmt: skip
     if method.random_concepts:
         data = dataclasses.replace(data, text=_random_text(data.text, cfg.seed))
@@ -126,8 +127,9 @@ def run_compare(cfg: CompareConfig) -> CompareResult:
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise OutputExistsError(f"{out} exists and is not empty; pass --overwrite or another --out")
     rows = []
-    with open_cache(cfg.cache) as cache:
-        data = load_data(cache, FitHeadConfig(cache=cfg.cache, seed=cfg.seed), device)
+    with open_cache(cfg.cache, verify=cfg.verify) as cache:
+        data = load_data(cache, FitHeadConfig(cache=cfg.cache, seed=cfg.seed,
+                                              allow_overlap=cfg.allow_overlap), device)  # fmt: skip
         if data.test is None:
             raise HeadsConfigError(f"cache {cfg.cache} has no test split; compare reports on it")
         for name in cfg.methods:

@@ -29,8 +29,10 @@ class EmbedConfig:
     concepts: Path = option(help="Concept list: .txt (one per line) or the CSV of `concepts`.")
     model: str = option(DEFAULT_CLIP_MODEL, "Hugging Face CLIP id or local directory.")
     revision: str | None = option(None, "Hub branch, tag or commit.")
-    splits: tuple[str, ...] = option(("train", "test"), "Split(s) to embed (repeatable).",
-                                     flag="--split")  # fmt: skip
+    splits: tuple[str, ...] | None = option(None, "Split(s) to embed (repeatable); default "
+                                            "train and test. csv: required, one manifest "
+                                            "split per run or the manifest's split column.",
+                                            flag="--split")  # fmt: skip
     format: str | None = option(None, "Storage; default from --out's suffix (.h5 -> hdf5, "
                                 "else zarr).", choices=FORMATS)  # fmt: skip
     device: str = option("auto", DEVICE_HELP)
@@ -59,10 +61,30 @@ class EmbedConfig:
             )
             raise ValueError(f"--format {self.format} needs --out {hint}; got {self.out}")
         check_device(self.device)
+        if self.splits is None:
+            if self.dataset == "csv":
+                raise ValueError(
+                    "--dataset csv needs --split NAME: a manifest without a split column is one "
+                    "split, and embedding it as both train and test would leak test rows into "
+                    "training. Give --split train for a train manifest (and embed the test "
+                    "manifest with --split test), or add a `split` column to the manifest."
+                )
+            object.__setattr__(self, "splits", ("train", "test"))
+        object.__setattr__(self, "splits", tuple(self.splits))
         for name in ("batch_size", "shard_rows", "chunk_rows"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.shard_rows % min(self.chunk_rows, self.shard_rows):
+        if self.workers < -1:
+            raise ValueError(
+                f"workers must be -1 (all cores but one), 0 (decode in the main process) or a "
+                f"positive count, got {self.workers}"
+            )
+        if self.chunk_rows > self.shard_rows:
+            raise ValueError(
+                f"chunk_rows ({self.chunk_rows}) must be <= shard_rows ({self.shard_rows}): a "
+                "chunk is the part of a shard a reader decodes"
+            )
+        if self.shard_rows % self.chunk_rows:
             raise ValueError(
                 f"shard_rows ({self.shard_rows}) must be a multiple of chunk_rows "
                 f"({self.chunk_rows})"

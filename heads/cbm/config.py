@@ -9,6 +9,7 @@ from pathlib import Path
 from core.config import option, validated
 from core.device import DEVICE_HELP, check_device
 from heads.errors import HeadsConfigError
+from heads.options import ALLOW_OVERLAP_HELP, VERIFY_HELP
 
 LOSSES = ("l1", "contrastive", "sparse", "probe", "zs-probe")
 CBM_LOSSES = ("l1", "contrastive", "sparse")
@@ -91,6 +92,8 @@ class FitHeadConfig:
                                         "validation (repeat the option).")  # fmt: skip
     probe_max_iter: int = option(100, "L-BFGS iterations per L2 value (probe, zs-probe).")
     overwrite: bool = option(False, "Replace an existing non-empty head directory.")
+    verify: bool = option(True, VERIFY_HELP)
+    allow_overlap: bool = option(False, ALLOW_OVERLAP_HELP)
 
     def __post_init__(self):
         object.__setattr__(self, "cache", Path(self.cache))

@@ -343,7 +343,7 @@ def run(config: FitHeadConfig) -> FitHeadResult:
     t0 = time.perf_counter()
     device = resolve_device(config.device)
     out = _prepare_out(config)
-    with open_cache(config.cache) as cache:
+    with open_cache(config.cache, verify=config.verify) as cache:
         data = load_data(cache, config, device)
         n_concepts = len(data.text.concept_emb)
         if config.topk is not None and config.topk >= n_concepts:

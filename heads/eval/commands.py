@@ -35,7 +35,9 @@ from heads.features import TextTensors
 from heads.io.artifact import load_head
 from heads.io.evaldata import (
     EvalInputError,
+    check_disjoint,
     check_split_name,
+    claim_results,
     load_split,
     locate_row,
     percent_table,
@@ -124,9 +126,12 @@ def run_cms_eval(cfg: CmsEvalConfig) -> CmsEvalResult:
     normalize = resolve_normalize(cfg.normalize)
     out_dir = cfg.out_dir()
     rows, flat, files = [], {}, {}
-    with open_cache(cfg.cache) as cache:
+    with open_cache(cfg.cache, verify=cfg.verify) as cache:
         for split in cfg.splits:  # fail before any work on a typo
             check_split_name(cache, split)
+        settings = {"cache_fingerprint": cache.fingerprint, "normalize": normalize,
+                    "splits": list(cfg.splits), "top_concepts": cfg.top_concepts}  # fmt: skip
+        claim_results(out_dir / "metrics.json", settings, overwrite=cfg.overwrite)
         text = (cache.concept_emb(), cache.class_emb())
         for split in cfg.splits:
             r, f, preds, pc = _cms_one_split(cfg, cache, split, normalize, device, text)
@@ -143,6 +148,7 @@ def run_cms_eval(cfg: CmsEvalConfig) -> CmsEvalResult:
             "normalize": normalize,
             "device": device,
             "config": _jsonable_config(cfg),
+            "settings": settings,
             "metrics": flat,
         }
     table = pd.DataFrame(rows)
@@ -169,9 +175,16 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     """Metrics, per-class table, confusion matrix and predictions of a head on one split."""
     device = str(resolve_device(cfg.device))
     out_dir = cfg.out_dir()
-    with open_cache(cfg.cache) as cache:
+    with open_cache(cfg.cache, verify=cfg.verify) as cache:
         check_split_name(cache, cfg.split)
         head = load_head(cfg.head, cache, device=device)  # HeadCacheMismatchError on mismatch
+        fit_split = head.config.get("hyperparameters", {}).get("train_split", "train")
+        if fit_split in cache.splits:
+            check_disjoint(cache, fit_split, cfg.split, allow=cfg.allow_overlap)
+        settings = {"head": str(cfg.head.resolve()), "split": cfg.split,
+                    "head_weights_sha256": head.config.get("weights_sha256"),
+                    "cache_fingerprint": cache.fingerprint}  # fmt: skip
+        claim_results(out_dir / f"metrics_{cfg.split}.json", settings, overwrite=cfg.overwrite)
         data = load_split(cache, cfg.split)
         scorer = head.scorer(cache)
         x, y = data.image_emb, data.labels
@@ -187,6 +200,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
             "cache_fingerprint": cache.fingerprint,
             "device": device,
             "config": _jsonable_config(cfg),
+            "settings": settings,
             "metrics": metrics,
         }
         per_class = ev.per_class(cache.classes, y)
@@ -214,6 +228,8 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
 
 # ------------------------------------------------------------------ explain
 
+DEFAULT_TOP_K = 10
+
 
 @dataclass(frozen=True)
 class ExplainResult:
@@ -231,7 +247,7 @@ class ExplainResult:
         return head + "\n" + self.explanation.table.to_string(index=False, float_format="%.4f")
 
 
-def _explain_head(cfg, cache, data, pos, device) -> Explanation:
+def _explain_head(cfg, cache, data, pos, device, top_k: int) -> Explanation:
     head = load_head(cfg.head, cache, device=device)
     if head.kind != "cbm":
         raise EvalInputError(
@@ -240,17 +256,23 @@ def _explain_head(cfg, cache, data, pos, device) -> Explanation:
         )
     a = head.scorer(cache).activations(data.image_emb[pos : pos + 1])[0]  # (|D|,)
     fc = head.module.fc
-    return explain_cbm(a, fc.weight, fc.bias, cache.concepts, k=cfg.top_k)
+    return explain_cbm(a, fc.weight, fc.bias, cache.concepts, k=top_k)
 
 
 def run_explain(cfg: ExplainConfig) -> ExplainResult:
     """Explain the prediction for row cfg.index of cfg.split; writes the PNG and a CSV."""
     device = str(resolve_device(cfg.device))
-    with open_cache(cfg.cache) as cache:
+    with open_cache(cfg.cache, verify=cfg.verify) as cache:
+        if cfg.top_k is not None and cfg.top_k > len(cache.concepts):
+            raise EvalInputError(
+                f"--top-k {cfg.top_k} is more than the cache's {len(cache.concepts)} concepts; "
+                f"give --top-k {len(cache.concepts)} or less"
+            )
+        top_k = cfg.top_k or min(DEFAULT_TOP_K, len(cache.concepts))
         data = load_split(cache, cfg.split)
         pos = locate_row(data, cfg.index)
         if cfg.head is not None:
-            ex = _explain_head(cfg, cache, data, pos, device)
+            ex = _explain_head(cfg, cache, data, pos, device, top_k)
         else:
             scorer = build_scorer(
                 data.image_emb,
@@ -261,7 +283,7 @@ def run_explain(cfg: ExplainConfig) -> ExplainResult:
                 device=device,
             )
             ex = explain_cms_row(
-                scorer, torch.as_tensor(data.image_emb[pos]), cache.concepts, cfg.top_k
+                scorer, torch.as_tensor(data.image_emb[pos]), cache.concepts, top_k
             )
         classes = cache.classes
     png = cfg.out_path()

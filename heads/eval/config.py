@@ -13,6 +13,7 @@ from core.device import DEVICE_HELP, check_device
 from heads.baselines.normalize import NORMALIZE_CHOICES
 from heads.chunks import CHUNK_ROWS
 from heads.errors import HeadsConfigError
+from heads.options import ALLOW_OVERLAP_HELP, OVERWRITE_RESULTS_HELP, VERIFY_HELP
 
 CACHE_HELP = "Embedding cache (zarr directory or .h5 file)."
 CHUNK_HELP = "Image rows per matmul (bounds memory: chunk x (|D| + |C|) x 4 bytes)."
@@ -45,6 +46,8 @@ class CmsEvalConfig:
     top_concepts: int = option(5, "Contributing concepts per image in the predictions CSV.")
     device: str = option("auto", DEVICE_HELP)
     progress: bool = option(True, "Show progress bars.")
+    verify: bool = option(True, VERIFY_HELP)
+    overwrite: bool = option(False, OVERWRITE_RESULTS_HELP)
 
     def __post_init__(self):
         _check_common(self)
@@ -68,6 +71,9 @@ class EvaluateConfig:
     chunk_size: int = option(CHUNK_ROWS, CHUNK_HELP)
     device: str = option("auto", DEVICE_HELP)
     progress: bool = option(True, "Show progress bars.")
+    verify: bool = option(True, VERIFY_HELP)
+    allow_overlap: bool = option(False, ALLOW_OVERLAP_HELP)
+    overwrite: bool = option(False, OVERWRITE_RESULTS_HELP)
 
     def __post_init__(self):
         _check_common(self)
@@ -85,10 +91,12 @@ class ExplainConfig:
     head: Path | None = option(None, "cbm head directory (default: explain the CMS prediction).")
     split: str = option("test", "Split the row belongs to.")
     out: Path | None = option(None, "Bar chart .png, CSV beside it (default: runs/explain/...).")
-    top_k: int = option(10, "Concepts in the table and the chart.")
+    top_k: int | None = option(None, "Concepts in the table and the chart (default: 10, or "
+                               "every concept when the cache has fewer).")  # fmt: skip
     normalize: str = option("none", "CMS only: " + NORMALIZE_HELP, choices=NORMALIZE_CHOICES)
     chunk_size: int = option(CHUNK_ROWS, "CMS only: " + CHUNK_HELP)
     device: str = option("auto", DEVICE_HELP)
+    verify: bool = option(True, VERIFY_HELP)
 
     def __post_init__(self):
         _check_common(self)
@@ -96,7 +104,8 @@ class ExplainConfig:
             object.__setattr__(self, "head", Path(self.head))
         if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
             raise ValueError(f"index must be an integer >= 0, got {self.index!r}")
-        _positive_int("top_k", self.top_k)
+        if self.top_k is not None:
+            _positive_int("top_k", self.top_k)
         if self.out is not None and self.out.suffix.lower() != ".png":
             raise ValueError(f"out must be a .png path, got {str(self.out)!r}")
 
@@ -151,6 +160,8 @@ class CompareConfig:
     device: str = option("auto", DEVICE_HELP)
     progress: bool = option(True, "Show progress bars.")
     overwrite: bool = option(False, "Replace a non-empty --out.")
+    verify: bool = option(True, VERIFY_HELP)
+    allow_overlap: bool = option(False, ALLOW_OVERLAP_HELP)
 
     def __post_init__(self):
         object.__setattr__(self, "cache", Path(self.cache))

@@ -16,6 +16,7 @@ import torch
 
 from heads.errors import HeadDataError
 from heads.features import TextTensors
+from heads.io.evaldata import check_disjoint
 from heads.io.evaldata import load_split as load_split_checked
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ def load_data(cache, config, device) -> HeadData:
     fit_idx, val_idx = carve_validation(len(train.rows), config.val_fraction, config.seed)
     test = None
     if config.test_split is not None and config.test_split in cache.splits:
+        check_disjoint(cache, config.train_split, config.test_split,
+                       allow=config.allow_overlap, error=HeadDataError)  # fmt: skip
         test = load_split(cache, config.test_split, device)
     elif config.test_split is not None:
         log.warning("cache has no %r split; test metrics are skipped", config.test_split)

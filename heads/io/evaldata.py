@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from core import atomic
-from heads.errors import EvalInputError
+from heads.errors import EvalInputError, OutputExistsError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,54 @@ def check_split_name(cache, split: str, *, error=EvalInputError, hint: str = "")
             f"split {split!r} is not in cache {cache.path}; it has {cache.splits}. "
             + (hint or "Pass --split with one of those.")
         )
+
+
+OVERLAP_TOLERANCE = 0.001  # shared rows above this fraction of the evaluated split: refused
+
+
+def _id_kind(cache, split: str) -> str:
+    info = cache.metadata.get("dataset", {})
+    splits = info.get("splits", {}) if isinstance(info, dict) else {}
+    return (splits.get(split) or {}).get("id_kind", "index")
+
+
+def split_overlap(cache, a: str, b: str) -> int:
+    """Rows shared by splits a and b: identical embeddings, or (for datasets whose ids are file
+    paths) the same id. Recorded by the cache writer; computed here for older caches."""
+    from cache.layout import count_overlap
+
+    rec = (cache.metadata.get("overlap") or {}).get("|".join(sorted((a, b))))
+    if rec is None:
+        raw = {s: {k: cache.read(s, k) for k in ("image_emb", "ids", "ok")} for s in sorted((a, b))}
+        rec = count_overlap(*raw.values())
+    by_path = _id_kind(cache, a) == _id_kind(cache, b) == "path"
+    return max(int(rec["embeddings"]), int(rec["ids"]) if by_path else 0)
+
+
+def check_disjoint(cache, fit_split: str, eval_split: str, *, allow: bool, error=EvalInputError):
+    """Refuse to report on `eval_split` what was fitted on `fit_split` when they share rows.
+
+    A handful of exact duplicates (<= 0.1% of the evaluated split, as real datasets have) is a
+    warning; more is a leak and an error unless `allow` (--allow-overlap)."""
+    if fit_split == eval_split:
+        log.warning("split %r is the head's training split: this is training accuracy", fit_split)
+        return
+    n_shared = split_overlap(cache, fit_split, eval_split)
+    if not n_shared:
+        return
+    n_eval = int(cache.split_attrs(eval_split)["n"])
+    what = (
+        f"splits {fit_split!r} and {eval_split!r} of cache {cache.path} share {n_shared} of "
+        f"{n_eval} rows (identical embeddings or file ids)"
+    )
+    if allow or n_shared <= OVERLAP_TOLERANCE * n_eval:
+        log.warning("%s; reported numbers include them", what)
+        return
+    raise error(
+        f"{what}: {eval_split} accuracy would be inflated by rows the head was fitted on. "
+        "Rebuild the cache from disjoint sources (for csv: one manifest per split, or a split "
+        "column), or pass --allow-overlap to report anyway."
+    )
 
 
 def _first_ids(ids: np.ndarray, mask: np.ndarray, k: int = 3) -> str:
@@ -113,6 +161,28 @@ def _jsonable(x):
     if isinstance(x, Path):
         return str(x)
     return x
+
+
+def claim_results(path: Path, settings: dict, *, overwrite: bool) -> None:
+    """Refuse to replace the results JSON at `path` if a run with other settings wrote it.
+
+    `settings` is what makes two runs the same (inputs and options that change numbers); it is
+    stored in the JSON under "settings". The same settings refresh the results."""
+    if overwrite or not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text()).get("settings")
+    except (OSError, ValueError):
+        old = None
+    new = _jsonable(settings)
+    if old == new:
+        return
+    diff = sorted(k for k in set(old or {}) | set(new) if (old or {}).get(k) != new.get(k))
+    raise OutputExistsError(
+        f"{path} holds results of a run with other settings (differs in: "
+        f"{', '.join(diff) or 'unknown, no settings recorded'}); pass another --out, or "
+        "--overwrite to replace them"
+    )
 
 
 def write_json(path: Path, obj: dict) -> Path:

@@ -43,6 +43,8 @@ class ImageDataset:
     `source_split` is the official split the images come from (ImageNet/Places365 "val").
     """
 
+    ID_KIND = "index"
+
     def __init__(
         self,
         *,
@@ -113,11 +115,16 @@ class ImageDataset:
             "n": len(self),
             "n_classes": len(self.classes),
             "fingerprint": self.fingerprint(),
+            # "path": ids name files, so the same id in two splits is the same image (a leak
+            # stage two refuses); "index": ids are positions inside their own split
+            "id_kind": self.ID_KIND,
         }
 
 
 class FileImageDataset(ImageDataset):
     """Images stored as files: image i is `image_root / ids[i]`."""
+
+    ID_KIND = "path"
 
     def __init__(self, *, image_root: Path, **kwargs):
         super().__init__(**kwargs)

@@ -1,4 +1,6 @@
-"""A dataset given as a CSV manifest: columns `path,label`, one row per image.
+"""A dataset given as a CSV manifest: columns `path,label` (and optionally `split`), one row per
+image. With a `split` column, `--split NAME` keeps the rows of that split, so one manifest can
+hold train and test; without one, the manifest is one split (embed needs `--split`).
 
 Relative paths resolve against the CSV's folder. A label is a class name or an integer class
 index: with a classes file (one name per line, in label order) a label equal to a class name
@@ -22,9 +24,10 @@ def _is_int(s: str) -> bool:
     return s.isdigit() or (s.startswith("-") and s[1:].isdigit())
 
 
-def _read_rows(path: Path) -> list[tuple[int, str, str]]:
-    """(line number, path, label) of every row."""
-    rows = []
+def _read_rows(path: Path, split: str) -> tuple[list[tuple[int, str, str]], list[str]]:
+    """(line number, path, label) of every row (of `split`, when the manifest has a split
+    column), and the labels of all rows (the class list is the same for every split)."""
+    rows, all_labels = [], []
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -34,22 +37,34 @@ def _read_rows(path: Path) -> list[tuple[int, str, str]]:
                     f"{path}: expected a header with columns path,label, found {header}"
                 )
             reader.fieldnames = header
+            has_split, splits_seen = "split" in header, set()
             for row in reader:
                 p, label = (row["path"] or "").strip(), (row["label"] or "").strip()
+                all_labels.append(label)
+                if has_split:
+                    splits_seen.add((row["split"] or "").strip())
+                    if (row["split"] or "").strip() != split:
+                        continue
                 if not p or not label:
                     raise DatasetError(f"{path} line {reader.line_num}: empty path or label")
                 rows.append((reader.line_num, p, label))
     except (UnicodeDecodeError, csv.Error) as e:
         raise DatasetError(f"cannot read {path} as a UTF-8 CSV manifest: {e}") from e
+    if not rows and has_split:
+        raise DatasetError(
+            f"{path}: no rows of split {split!r}; its split column has {sorted(splits_seen)}"
+        )
     if not rows:
         raise DatasetError(f"{path}: the manifest has a header but no rows")
-    return rows
+    return rows, all_labels
 
 
-def _resolve(rows, classes: list[str] | None, path: Path) -> tuple[list[str], list[int]]:
-    """(classes, label index per row)."""
+def _resolve(
+    rows, classes: list[str] | None, path: Path, labels: list[str]
+) -> tuple[list[str], list[int]]:
+    """(classes, label index per row); without a classes file the classes come from `labels`
+    (every row of the manifest, whatever its split)."""
     if classes is None:
-        labels = [label for _, _, label in rows]
         if all(_is_int(s) for s in labels):
             classes = [str(k) for k in range(max(int(s) for s in labels) + 1)]
             log.warning(
@@ -81,9 +96,9 @@ def read_csv_manifest(path: Path, split: str, classes_file: Path | None) -> File
         raise DatasetError(
             f"csv: expected a manifest CSV file with columns path,label; {path} {what}"
         )
-    rows = _read_rows(path)
+    rows, all_labels = _read_rows(path, split)
     classes = read_lines(classes_file, "classes file") if classes_file is not None else None
-    classes, labels = _resolve(rows, classes, path)
+    classes, labels = _resolve(rows, classes, path, all_labels)
     return FileImageDataset(
         name="csv",
         split=split,
