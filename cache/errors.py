@@ -25,3 +25,7 @@ class CacheExistsError(CacheError):
 
 class CacheCorruptError(CacheError):
     """`verify` found a problem: wrong shapes, non-finite values, checksum mismatch."""
+
+
+class CacheWriteError(CacheError):
+    """Writing failed (disk full, permissions, I/O error); finished shards are kept."""

@@ -112,17 +112,22 @@ class Cache:
     def read(self, group: str, name: str) -> np.ndarray:
         """Array `group/name` whole, checked against its recorded sha256 (per shard)."""
         data = self._b.read(f"{group}/{name}")
-        if not self.verify:
-            return data
+        if self.verify:
+            self.check(group, name, data)
+        return data
+
+    def check(self, group: str, name: str, data: np.ndarray) -> None:
+        """Raise CacheCorruptError if `data` (array group/name as read) differs from the
+        sha256 recorded per shard when it was written."""
         if group == TEXT_GROUP:
             want = self._b.attrs(TEXT_GROUP).get("sha256", {}).get(name)
             if want is not None and array_checksum(name, data) != want:
                 raise self._damaged(f"{group}/{name}", "")
-            return data
+            return
         attrs = self.split_attrs(group)
         sums = attrs.get("array_sha256", {}).get(name)
         if sums is None:
-            return data  # an incomplete cache, or one from before per-array checksums
+            return  # an incomplete cache, or one from before per-array checksums
         plan = ShardPlan(int(attrs["n"]), int(attrs["shard_rows"]))
         if len(sums) != plan.num_shards:
             raise self._damaged(f"{group}/{name}", f" ({len(sums)} checksums for "
@@ -133,7 +138,6 @@ class Cache:
                 raise self._damaged(
                     f"{group}/{name}", f", shard {s} (rows {r.start}..{r.stop - 1}),", r.start
                 )
-        return data
 
     def _legacy_check(self, name: str, arrays: dict) -> None:
         """Caches written before per-array checksums: the whole-shard sha256 of format 1."""

@@ -11,6 +11,8 @@ half-written file as complete.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import Backend, encode_h5_attr, format_of
-from .errors import CacheError, CacheExistsError
+from .errors import CacheError, CacheExistsError, CacheWriteError
 from .layout import (
     CLASS_SEP,
     DEFAULT_CHUNK_ROWS,
@@ -39,11 +41,45 @@ from .layout import (
 PROGRESS_DIR = ".progress"
 
 
+def _free_bytes(path: Path) -> int | None:
+    for p in (path, *path.parents):
+        if p.exists():
+            return shutil.disk_usage(p).free
+    return None
+
+
+@contextlib.contextmanager
+def disk_errors(path: Path, what: str, need_bytes: int | None = None):
+    """An OSError while writing becomes one CacheWriteError naming the path (and, for a full
+    disk, the space needed and free); work already marked done is untouched, so re-running the
+    same command resumes."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            free = _free_bytes(Path(path))
+            need = f"; about {need_bytes / 2**20:.1f} MiB needed" if need_bytes else ""
+            have = f", {free / 2**20:.1f} MiB free" if free is not None else ""
+            raise CacheWriteError(
+                f"no space left on the device while writing {what} to {path}{need}{have}. Free "
+                "some space (or pick another --out) and re-run the same command: finished "
+                "shards are kept and the run resumes."
+            ) from e
+        raise CacheWriteError(
+            f"cannot write {what} to {path}: {e.strerror or e} (errno {e.errno}). Fix it and "
+            "re-run the same command: finished shards are kept and the run resumes."
+        ) from e
+
+
 def _atomic_write_json(path: Path, obj: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, sort_keys=True))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, sort_keys=True))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _existing_identity(path: Path) -> dict | None:
@@ -111,6 +147,9 @@ class CacheWriter:
     # -- lifecycle ---------------------------------------------------------------------------
     def prepare(self, overwrite: bool = False) -> str:
         """Returns 'complete' (nothing to do), 'resume' or 'new'. Run on one process only."""
+        stale = self.path.with_name(self.path.name + ".tmp")
+        if self.format == "hdf5" and stale.is_file():
+            stale.unlink()  # an HDF5 export killed half-way: ours by name, holds only space
         final = _existing_identity(self.path) if self.path.exists() else None
         if self._same(final) and final.get("complete") and not overwrite:
             return "complete"
@@ -125,7 +164,8 @@ class CacheWriter:
         if self.store_path.exists():
             self.attach()
             return "resume"
-        self._create()
+        with disk_errors(self.store_path, "a new cache"):
+            self._create()
         return "new"
 
     def attach(self) -> None:
@@ -279,19 +319,27 @@ class CacheWriter:
                 raise ValueError(
                     f"{split}/{name}: shard {shard} needs {len(rows)} rows, got {arr.shape[0]}"
                 )
-            self._group[f"{split}/{name}"][sl] = arr
+        need = sum(a.nbytes for a in arrays.values())
+        with disk_errors(self.store_path, f"{split} shard {shard}", need):
+            for name, arr in arrays.items():
+                self._group[f"{split}/{name}"][sl] = arr
         checksum = shard_checksum(
             arrays["image_emb"], arrays["norms"], arrays["labels"], arrays["ids"], arrays["ok"]
         )
         sums = {name: array_checksum(name, arr) for name, arr in arrays.items()}
-        _atomic_write_json(
-            self._marker(split, shard),
-            {"checksum": checksum, "arrays": sums, "failures": failures or []},
-        )
+        with disk_errors(self.store_path, f"the marker of {split} shard {shard}"):
+            _atomic_write_json(
+                self._marker(split, shard),
+                {"checksum": checksum, "arrays": sums, "failures": failures or []},
+            )
 
     def write_text(
         self, *, concept_emb, class_emb, concepts, classes, templates, concept_classes=None
     ) -> None:
+        with disk_errors(self.store_path, "the text embeddings"):
+            self._write_text(concept_emb, class_emb, concepts, classes, templates, concept_classes)
+
+    def _write_text(self, concept_emb, class_emb, concepts, classes, templates, concept_classes):
         g = self._group.require_group(TEXT_GROUP)
         cc = concept_classes or [[] for _ in concepts]
         for name, value in (
@@ -349,7 +397,9 @@ class CacheWriter:
         )
         shutil.rmtree(self.store_path / PROGRESS_DIR)
         if self.format == "hdf5":
-            export_hdf5(self.store_path, self.path)
+            need = _tree_bytes(self.store_path)
+            with disk_errors(self.path, "the HDF5 export", need):
+                export_hdf5(self.store_path, self.path)
             shutil.rmtree(self.store_path)
         return self.path
 
@@ -370,12 +420,27 @@ class CacheWriter:
         }
 
 
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
 def export_hdf5(store: Path, out: Path) -> None:
-    """Copy a finished Zarr store into one HDF5 file with the same tree, atomically."""
+    """Copy a finished Zarr store into one HDF5 file with the same tree, atomically: written to
+    `<out>.tmp`, renamed over `<out>`; on any failure the temporary file is removed (it would
+    hold the space a retry needs)."""
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        _export(store, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _export(store: Path, tmp: Path) -> None:
     import h5py
 
     src = Backend(store)
-    tmp = out.with_name(out.name + ".tmp")
     with h5py.File(tmp, "w") as f:
         for k, v in src.attrs().items():
             f.attrs[k] = encode_h5_attr(v)
@@ -393,4 +458,3 @@ def export_hdf5(store: Path, out: Path) -> None:
                     )
                     g.create_dataset(name, data=data, chunks=chunks)
     src.close()
-    os.replace(tmp, out)

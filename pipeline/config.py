@@ -12,6 +12,7 @@ from pathlib import Path
 from cache.backend import format_of
 from core.config import option, validated
 from core.device import DEVICE_HELP, check_device
+from pipeline.concept_sets import builtin_concepts
 from pipeline.datasets import DATASETS
 from pipeline.errors import PipelineConfigError
 
@@ -26,7 +27,10 @@ class EmbedConfig:
     dataset: str = option(help="Dataset reader.", choices=lambda: sorted(DATASETS))
     root: Path = option(help="Dataset root (for csv: the path,label manifest).")
     out: Path = option(help="Cache path: a directory (zarr) or a .h5 file (hdf5).")
-    concepts: Path = option(help="Concept list: .txt (one per line) or the CSV of `concepts`.")
+    concepts: Path | None = option(None, "Concept list: .txt (one per line) or the CSV of "
+                                   "`concepts`; default: the built-in set of cifar10, "
+                                   "cifar100, cub200, places365, imagenet (SparseCBM's "
+                                   "ConceptNet sets).")  # fmt: skip
     model: str = option(DEFAULT_CLIP_MODEL, "Hugging Face CLIP id or local directory.")
     revision: str | None = option(None, "Hub branch, tag or commit.")
     splits: tuple[str, ...] | None = option(None, "Split(s) to embed (repeatable); default "
@@ -61,6 +65,8 @@ class EmbedConfig:
             )
             raise ValueError(f"--format {self.format} needs --out {hint}; got {self.out}")
         check_device(self.device)
+        if self.concepts is None:
+            object.__setattr__(self, "concepts", builtin_concepts(self.dataset))
         if self.splits is None:
             if self.dataset == "csv":
                 raise ValueError(

@@ -91,15 +91,18 @@ def _library_versions() -> dict:
 def _model_info(cfg: EmbedConfig) -> tuple[dict, PreprocessSpec]:
     """Config-only look at the model (no weights): identity fields and preprocessing."""
     import transformers
-    from transformers import CLIPConfig, CLIPImageProcessor
 
     from .encoder import EncoderError
+    from .hub import pretrained_kwargs
 
+    kw = pretrained_kwargs(cfg.model, cfg.revision)  # offline: fail fast, or load from cache
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the "torchvision missing, using PIL" notice
     try:
-        config = CLIPConfig.from_pretrained(cfg.model, revision=cfg.revision)
-        proc = CLIPImageProcessor.from_pretrained(cfg.model, revision=cfg.revision)
+        from transformers import CLIPConfig, CLIPImageProcessor
+
+        config = CLIPConfig.from_pretrained(cfg.model, revision=cfg.revision, **kw)
+        proc = CLIPImageProcessor.from_pretrained(cfg.model, revision=cfg.revision, **kw)
     except (OSError, ValueError) as e:
         raise EncoderError(
             f"could not read CLIP config / image processor of {cfg.model!r}: {e}. Give a "

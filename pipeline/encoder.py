@@ -71,13 +71,16 @@ class ClipEncoder:
     ) -> ClipEncoder:  # noqa: A002
         from transformers import AutoTokenizer, CLIPModel
 
+        from .hub import pretrained_kwargs
+
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
+        kw = pretrained_kwargs(model_id, revision)  # offline: fail fast, or load from cache
         try:
             model = CLIPModel.from_pretrained(
-                model_id, revision=revision, dtype=dt, attn_implementation="sdpa"
+                model_id, revision=revision, dtype=dt, attn_implementation="sdpa", **kw
             )
-            tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision)
+            tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision, **kw)
         except (OSError, ValueError) as e:
             raise EncoderError(
                 f"could not load CLIP model {model_id!r}: {e}. Give a Hugging Face CLIP model id "

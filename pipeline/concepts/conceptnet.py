@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import time
 import urllib.error
 import urllib.parse
@@ -201,6 +202,12 @@ class ConceptNetAPI:
                     raise ConceptNetError(f"{url} answered HTTP {e.code} {e.reason}") from e
                 error: Exception = e
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                if isinstance(getattr(e, "reason", None), socket.gaierror):
+                    raise ConceptNetError(
+                        f"cannot resolve the ConceptNet host of {url} ({e.reason}): no network? "
+                        "Use --conceptnet-dump with a local assertions file, or --offline with "
+                        "a filled cache"
+                    ) from e  # a failed name lookup is not transient: retrying only waits
                 error = e
             if attempt == self.max_retries:
                 raise ConceptNetError(
