@@ -189,9 +189,8 @@ class CacheWriter:
         diff = ""
         if attrs is not None:
             old = attrs.get("identity", {})
-            keys = sorted(
-                k for k in set(old) | set(self.identity) if old.get(k) != self.identity.get(k)
-            )
+            new = json.loads(json.dumps(self.identity))  # as stored: tuples are lists in JSON
+            keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             diff = f" (differs in: {', '.join(keys)})" if keys else ""
         elif path.exists():
             what = "something that is not an embedding cache"

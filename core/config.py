@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -71,6 +72,16 @@ def check_choices(config, error: type[ConfigError] = ConfigError) -> None:
             check_choice(flag_of(f), v, allowed, error)
 
 
+def in_option_names(cls, message: str) -> str:
+    """`message` with field names replaced by the option a user types (`lam` -> `--lambda`,
+    `lr_cbl` -> `--lr-cbl`): where a name is a word of its own, not part of a longer one."""
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("cli", True):
+            continue
+        message = re.sub(rf"(?<![\w\-.'\"/]){re.escape(f.name)}(?![\w\-'\"/(])", flag_of(f), message)
+    return message
+
+
 def validated(error: type[ConfigError]):
     """Class decorator: ValueErrors of `__post_init__` become `error` (chained), choices checked."""
 
@@ -86,7 +97,7 @@ def validated(error: type[ConfigError]):
             except ConfigError:
                 raise
             except ValueError as e:
-                raise error(str(e)) from e
+                raise error(in_option_names(cls, str(e))) from e
 
         cls.__post_init__ = __post_init__
         return cls

@@ -54,7 +54,8 @@ class _Decoded(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            return i, crop_uint8(self.ds.load(i), self.spec), True, ""
+            draft = self.spec.resize if self.spec.jpeg_draft else None
+            return i, crop_uint8(self.ds.load(i, draft), self.spec), True, ""
         except UnreadableImageError as e:
             reason = e.reason
         except Exception as e:  # a decoder bug must not kill a multi-hour run; record it
@@ -187,7 +188,7 @@ def _write_shard(writer, split, shard, ds, parts) -> None:
         if not ok[k]
     ]
     for f in failures:
-        log.warning("%s/%s unreadable: %s", split, f["id"], f["reason"])
+        log.warning("unreadable image in split %s: %s (%s)", split, f["id"], f["reason"])
     writer.write_shard(
         split,
         shard,

@@ -80,11 +80,8 @@ def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
 
 
 def crop_uint8(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    """Decode-side half: RGB, resize, centre crop -> (crop, crop, 3) uint8."""
-    if spec.jpeg_draft and img.format == "JPEG":
-        # Draft keeps at least 2x the target so the bicubic step still low-passes the image.
-        w, h = resized_size(*img.size, spec.resize)
-        img.draft("RGB", (2 * w, 2 * h))
+    """Decode-side half: RGB, resize, centre crop -> (crop, crop, 3) uint8. (`--jpeg-draft`
+    acts at decode time, in `ImageDataset.load(i, draft_short_side)`, before this.)"""
     img = img.convert("RGB")
     w, h = resized_size(*img.size, spec.resize)
     img = img.resize((w, h), resample=_PIL_RESAMPLE[spec.interpolation])

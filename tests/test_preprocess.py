@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.datasets.base import open_rgb
 from pipeline.preprocess import PreprocessSpec, crop_uint8, normalize_batch, resized_size
 
 
@@ -68,12 +69,25 @@ def test_resized_size_follows_transformers_rule():
     assert resized_size(32, 32, 224) == (224, 224)
 
 
-def test_jpeg_draft_only_shrinks_big_jpegs_and_stays_close(reference):
+def _jpeg_file(tmp_path, w, h, seed=0):
+    path = tmp_path / f"{w}x{h}-{seed}.jpg"
+    with _jpeg(w, h, seed=seed) as im:
+        im.save(path, format="JPEG", quality=90)
+    return path
+
+
+def test_jpeg_draft_decodes_big_jpeg_files_smaller_and_stays_close(reference, tmp_path):
+    """The flag acts where the file is decoded (open_rgb), so it really changes the decode."""
     spec = PreprocessSpec.from_image_processor(reference)
-    draft = PreprocessSpec.from_image_processor(reference, jpeg_draft=True)
-    small = _jpeg(500, 375)
-    np.testing.assert_array_equal(crop_uint8(small, spec), crop_uint8(_jpeg(500, 375), draft))
-    big_a, big_b = _jpeg(2000, 1500, seed=3), _jpeg(2000, 1500, seed=3)
-    exact, fast = crop_uint8(big_a, spec), crop_uint8(big_b, draft)
-    assert fast.shape == exact.shape
+    big = _jpeg_file(tmp_path, 2000, 1500, seed=3)
+    full, drafted = open_rgb(big), open_rgb(big, draft_short_side=spec.resize)
+    assert full.size == (2000, 1500)
+    assert drafted.size == (1000, 750)  # DCT scale 1/2: short side 750 >= 2 x 224, 1/4 is not
+    exact, fast = crop_uint8(full, spec), crop_uint8(drafted, spec)
+    assert fast.shape == exact.shape and not np.array_equal(fast, exact)
     assert np.abs(fast.astype(int) - exact.astype(int)).mean() < 4  # grey levels, of 255
+    small = _jpeg_file(tmp_path, 500, 375)  # already < 2x the target: decoded in full
+    assert open_rgb(small, draft_short_side=spec.resize).size == (500, 375)
+    png = tmp_path / "big.png"
+    full.save(png)
+    assert open_rgb(png, draft_short_side=spec.resize).size == (2000, 1500)  # not a JPEG

@@ -198,13 +198,14 @@ def suppress_near_duplicates(
     keep_o = np.zeros(n, dtype=bool)
     by_o, sim_o = np.full(n, -1), np.zeros(n)
     kept_rows: list[int] = []  # positions in `order` of kept concepts, increasing
+    kept_x = np.empty_like(xo)  # their rows, contiguous: a view per block, never a gather
     for start in tqdm(range(0, n, _BLOCK), desc="concept similarity", disable=not progress):
         stop = min(start + _BLOCK, n)
         block = xo[start:stop]
         best_sim = np.full(stop - start, -np.inf)
         best_by = np.full(stop - start, -1)
         if kept_rows:
-            prev = block @ xo[kept_rows].T  # (b, k): against every earlier kept concept
+            prev = block @ kept_x[: len(kept_rows)].T  # (b, k): every earlier kept concept
             arg = prev.argmax(axis=1)
             best_sim = prev[np.arange(len(block)), arg].astype(np.float64)
             best_by = np.asarray(kept_rows)[arg]
@@ -214,6 +215,7 @@ def suppress_near_duplicates(
                 sim_o[start + i], by_o[start + i] = best_sim[i], best_by[i]
                 continue
             keep_o[start + i] = True
+            kept_x[len(kept_rows)] = block[i]
             kept_rows.append(start + i)
             later = np.arange(i + 1, stop - start)  # only later ones can still be suppressed
             better = later[inner[i, later] > best_sim[later]]

@@ -92,8 +92,11 @@ class ImageDataset:
             f"source_split={self.source_split!r}, n={len(self)}, n_classes={len(self.classes)})"
         )
 
-    def load(self, i: int) -> Image.Image:
-        """Image i as RGB; raises UnreadableImageError when it cannot be decoded."""
+    def load(self, i: int, draft_short_side: int | None = None) -> Image.Image:
+        """Image i as RGB; raises UnreadableImageError when it cannot be decoded.
+
+        draft_short_side: a JPEG file may be decoded at a reduced DCT scale (1/2, 1/4, 1/8)
+        as long as its short side stays >= 2x this many pixels (`embed --jpeg-draft`)."""
         raise NotImplementedError
 
     def fingerprint(self) -> str:
@@ -133,8 +136,8 @@ class FileImageDataset(ImageDataset):
     def path(self, i: int) -> Path:
         return self.image_root / self.ids[i]
 
-    def load(self, i: int) -> Image.Image:
-        return open_rgb(self.path(i))
+    def load(self, i: int, draft_short_side: int | None = None) -> Image.Image:
+        return open_rgb(self.path(i), draft_short_side)
 
 
 class ArrayImageDataset(ImageDataset):
@@ -150,14 +153,28 @@ class ArrayImageDataset(ImageDataset):
             raise DatasetError(f"{len(images)} images but {len(self.ids)} ids")
         self.images = images
 
-    def load(self, i: int) -> Image.Image:
-        return Image.fromarray(self.images[i])  # (H, W, 3) uint8 -> RGB
+    def load(self, i: int, draft_short_side: int | None = None) -> Image.Image:
+        return Image.fromarray(self.images[i])  # (H, W, 3) uint8 -> RGB; nothing to draft
 
 
-def open_rgb(path: Path) -> Image.Image:
-    """Decode a whole image file to RGB. Truncated files fail here, not later in a worker."""
+def jpeg_draft(im: Image.Image, short_side: int) -> None:
+    """Ask PIL to decode a JPEG at the smallest DCT scale that keeps the short side >= 2x
+    `short_side` (so the later bicubic resize still low-passes). Must run before `load()`."""
+    if im.format != "JPEG":
+        return
+    w, h = im.size
+    scale = 2 * short_side / min(w, h)
+    if scale < 1:
+        im.draft("RGB", (max(1, round(w * scale)), max(1, round(h * scale))))
+
+
+def open_rgb(path: Path, draft_short_side: int | None = None) -> Image.Image:
+    """Decode a whole image file to RGB. Truncated files fail here, not later in a worker.
+    With `draft_short_side`, JPEGs are decoded at a reduced scale (see `jpeg_draft`)."""
     try:
         with Image.open(path) as im:
+            if draft_short_side:
+                jpeg_draft(im, draft_short_side)
             im.load()  # force the full decode: PIL is lazy and would fail only on first use
             if im.mode == "P" and "transparency" in im.info:
                 im = im.convert("RGBA")  # avoids PIL's palette-transparency warning
