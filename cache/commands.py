@@ -18,18 +18,21 @@ def render_info(info: dict) -> str:
     model = info.get("model", {})
     lines = [
         f"path        {info['path']} ({info['storage']}, {info['bytes_on_disk'] / 2**20:.1f} MiB)",
-        f"complete    {info.get('complete')}",
+        f"complete    {info.get('complete')}"
+        + (f" (in progress, staged in {info['staging']})" if info.get("staging") else ""),
         f"fingerprint {info.get('fingerprint')}",
         f"model       {model.get('id', '-')} (commit {model.get('commit') or '-'}), "
         f"E={info.get('embed_dim')}, logit scale {info.get('logit_scale')}",
         f"dataset     {info.get('dataset', {}).get('name', '-')}",
-        f"concepts    {info['n_concepts']} (sha256 {str(info.get('concepts_sha256'))[:12]})",
-        f"classes     {info['n_classes']}",
+        f"concepts    {info['n_concepts'] if info['n_concepts'] is not None else '(not yet)'}"
+        f" (sha256 {str(info.get('concepts_sha256'))[:12]})",
+        f"classes     {info['n_classes'] if info['n_classes'] is not None else '(not yet)'}",
+        f"views       {info.get('views', 0)} augmented views per image",
         f"created     {info.get('created')}",
     ]
     for s, d in info["split_rows"].items():
         lines.append(
-            f"split {s:<6}{d['rows']} rows in {d['shards']} shards, "
+            f"split {s:<6}{d['rows']} rows, shards {d['shards_done']} / {d['shards']} done, "
             f"{d['unreadable']} unreadable, complete={d['complete']}"
         )
     return "\n".join(lines)

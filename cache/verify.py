@@ -9,6 +9,7 @@ import numpy as np
 from .errors import CacheCorruptError, CacheError
 from .layout import TEXT_GROUP, VIEW_ARRAY, ShardPlan, shard_checksum
 from .reader import Cache, open_cache
+from .writer import PROGRESS_DIR
 
 NORM_TOL = 5e-3  # fp16 storage keeps unit norms to about 1e-3
 
@@ -133,9 +134,27 @@ def verify_cache(path: str | Path) -> list[str]:
     return problems
 
 
+def _staging(path: Path) -> Path | None:
+    """The resumable staging store of an unfinished HDF5 run, if `path` has one."""
+    staged = path.with_name(path.name + ".partial.zarr")
+    return staged if staged.is_dir() else None
+
+
+def _shards_done(store: Path, split: str, attrs: dict) -> int:
+    if attrs.get("complete"):
+        return int(attrs["num_shards"])
+    marks = store / PROGRESS_DIR / split
+    return len(list(marks.glob("*.json"))) if marks.is_dir() else 0
+
+
 def cache_info(path: str | Path) -> dict:
-    """Metadata plus sizes: rows per split, failures, bytes on disk."""
-    cache = open_cache(path, allow_incomplete=True)
+    """Metadata plus sizes: rows per split, shards done / total, failures, bytes on disk. An
+    HDF5 run still in progress is described from its staging store."""
+    path = Path(path)
+    store = path
+    if not path.exists() and _staging(path) is not None:
+        store = _staging(path)
+    cache = open_cache(store, allow_incomplete=True)
     with cache:
         splits = {}
         for name in cache.splits:
@@ -143,18 +162,21 @@ def cache_info(path: str | Path) -> dict:
             splits[name] = {
                 "rows": a["n"],
                 "shards": a["num_shards"],
+                "shards_done": _shards_done(store, name, a),
                 "complete": a["complete"],
                 "unreadable": len(a.get("failures", [])),
             }
+        has_text = cache._b.has(f"{TEXT_GROUP}/concepts")
         info = {k: v for k, v in cache.metadata.items() if k not in ("identity",)}
         info.update(
             {
-                "path": str(cache.path),
-                "storage": cache.format,
-                "n_concepts": len(cache.concepts),
-                "n_classes": len(cache.classes),
+                "path": str(path),
+                "staging": str(store) if store != path else None,
+                "storage": "hdf5" if store != path else cache.format,
+                "n_concepts": len(cache.concepts) if has_text else None,
+                "n_classes": len(cache.classes) if has_text else None,
                 "split_rows": splits,
-                "bytes_on_disk": _disk_bytes(cache.path),
+                "bytes_on_disk": _disk_bytes(store),
             }
         )
     return info

@@ -56,6 +56,22 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
+def recover(final) -> bool:
+    """Undo a swap that was killed between its two renames: `final` is missing and the old
+    directory sits aside as `.<name>.<tag>.old` -> move it back. True if something was restored.
+    Readers call it before loading, so the old artifact still loads."""
+    final = Path(final)
+    if final.exists() or not final.parent.is_dir():
+        return False
+    aside = sorted(final.parent.glob(f".{final.name}.*.old"), key=lambda p: p.stat().st_mtime)
+    if not aside:
+        return False
+    os.replace(aside[-1], final)
+    for extra in aside[:-1]:
+        shutil.rmtree(extra, ignore_errors=True)
+    return True
+
+
 @contextlib.contextmanager
 def directory(final) -> Iterator[Path]:
     """Build a directory in a temporary sibling; on success swap it in for `final`.
@@ -66,6 +82,7 @@ def directory(final) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    recover(final)
     tag = uuid.uuid4().hex[:8]
     tmp = final.with_name(f".{final.name}.{tag}.partial")
     tmp.mkdir()

@@ -9,6 +9,7 @@ with another fingerprint (HeadCacheMismatchError).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from heads.psi import as_float_tensor
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # 2: atomic directory, weights_sha256 recorded; 1: no checksum
 REQUIRED_KEYS = ("kind", "n_concepts", "n_classes", "embed_dim", "cache_fingerprint")
 
@@ -149,6 +151,8 @@ def load_head(head_dir, cache=None, device="cpu") -> Head:
     differs from the one recorded, or a state dict of the wrong shapes is a HeadFormatError.
     """
     d = Path(head_dir)
+    if atomic.recover(d):
+        log.warning("%s: restored the previous head (a replacing fit-head was interrupted)", d)
     if not d.is_dir():
         raise HeadFormatError(
             f"head directory {d} does not exist; pass the --out directory of a `fit-head` run"
