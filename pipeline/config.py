@@ -12,6 +12,7 @@ from pathlib import Path
 from cache.backend import format_of
 from core.config import option, validated
 from core.device import DEVICE_HELP, check_device
+from pipeline.augment import AUGMENTS
 from pipeline.concept_sets import builtin_concepts
 from pipeline.datasets import DATASETS
 from pipeline.errors import PipelineConfigError
@@ -54,7 +55,12 @@ class EmbedConfig:
     download: bool = option(False, "Download the dataset where supported (CIFAR).")
     classes_file: Path | None = option(None, "Class names, one per line (csv manifests).")
     overwrite: bool = option(False, "Replace an existing different cache at --out.")
-    seed: int = option(0, "Recorded in the cache; stage one itself is deterministic.")
+    seed: int = option(0, "Seeds the augmented views (--views); otherwise only recorded.")
+    views: int = option(0, "Augmented views per image, stored as /{split}/view_emb (N, V, E) "
+                        "for contrastive adapters; 0 = none.")  # fmt: skip
+    augment: str = option("simclr", "Augmentation of the views: simclr (random resized crop, "
+                          "flip, colour jitter, grayscale) | none.",
+                          choices=lambda: sorted(AUGMENTS))  # fmt: skip
     progress: bool = option(True, "Show progress bars.")
     extra: dict = option(default_factory=dict, compare=False, cli=False)  # notes kept in metadata
 
@@ -80,6 +86,8 @@ class EmbedConfig:
         for name in ("batch_size", "shard_rows", "chunk_rows"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if isinstance(self.views, bool) or self.views < 0:
+            raise ValueError(f"views must be an integer >= 0 (0 = no views), got {self.views!r}")
         if self.workers < -1:
             raise ValueError(
                 f"workers must be -1 (all cores but one), 0 (decode in the main process) or a "

@@ -44,28 +44,48 @@ class EmbedResult:
 
 
 class _Decoded(Dataset):
-    """Worker side: image i -> (i, uint8 crop, ok, reason). Never raises on a bad image."""
+    """Worker side: image i -> (i, uint8 crop, ok, reason, views). Never raises on a bad image.
 
-    def __init__(self, ds, spec: PreprocessSpec):
+    views: (V, crop, crop, 3) uint8 augmented views (`embed --views V`), each a pure function
+    of (image, seed, split, i, v) (`pipeline.augment.view_seed`), so resumed runs are identical.
+    """
+
+    def __init__(self, ds, spec: PreprocessSpec, views: int = 0, augment: str = "simclr",
+                 seed: int = 0, split: str = ""):  # fmt: skip
         self.ds, self.spec = ds, spec
+        self.views, self.augment, self.seed, self.split = views, augment, seed, split
 
     def __len__(self) -> int:
         return len(self.ds)
 
+    def _views(self, img, i: int) -> np.ndarray:
+        from .augment import augment_image, view_seed
+
+        return np.stack([
+            crop_uint8(augment_image(img, view_seed(self.seed, self.split, i, v), self.augment),
+                       self.spec)
+            for v in range(self.views)
+        ])  # fmt: skip
+
     def __getitem__(self, i: int):
+        c = self.spec.crop
         try:
             draft = self.spec.resize if self.spec.jpeg_draft else None
-            return i, crop_uint8(self.ds.load(i, draft), self.spec), True, ""
+            img = self.ds.load(i, draft)
+            views = self._views(img, i) if self.views else np.zeros((0, c, c, 3), np.uint8)
+            return i, crop_uint8(img, self.spec), True, "", views
         except UnreadableImageError as e:
             reason = e.reason
         except Exception as e:  # a decoder bug must not kill a multi-hour run; record it
             reason = f"{type(e).__name__}: {e}"
-        return i, np.zeros((self.spec.crop, self.spec.crop, 3), np.uint8), False, reason
+        blank = np.zeros((c, c, 3), np.uint8)
+        return i, blank, False, reason, np.zeros((self.views, c, c, 3), np.uint8)
 
 
 def _collate(items):
-    idx, imgs, ok, reasons = zip(*items, strict=True)
-    return (torch.tensor(idx), torch.from_numpy(np.stack(imgs)), torch.tensor(ok), list(reasons))
+    idx, imgs, ok, reasons, views = zip(*items, strict=True)
+    return (torch.tensor(idx), torch.from_numpy(np.stack(imgs)), torch.tensor(ok), list(reasons),
+            torch.from_numpy(np.stack(views)))  # fmt: skip
 
 
 def _workers(requested: int) -> int:
@@ -153,6 +173,8 @@ def _describe(cfg, datasets, concepts, templates, model, spec, dtype) -> tuple[d
         "classes_sha256": sha256_lines(classes),
         "templates": templates,
     }
+    if cfg.views:  # only then: caches without views keep their fingerprint
+        identity["views"] = {"n": cfg.views, "augment": cfg.augment, "seed": cfg.seed}
     metadata = {
         "model": model,
         "embed_dim": model["embed_dim"],
@@ -169,6 +191,7 @@ def _describe(cfg, datasets, concepts, templates, model, spec, dtype) -> tuple[d
         "concepts_file": str(cfg.concepts),
         "templates": templates,
         "seed": cfg.seed,
+        "augment": cfg.augment if cfg.views else None,
         **({"notes": cfg.extra} if cfg.extra else {}),
     }
     return identity, metadata
@@ -193,12 +216,22 @@ def _write_shard(writer, split, shard, ds, parts) -> None:
         split,
         shard,
         image_emb=torch.cat([p[1] for p in parts]).numpy(),
+        view_emb=torch.cat([p[5] for p in parts]).numpy() if writer.views else None,
         norms=torch.cat([p[2] for p in parts]).numpy(),
         labels=ds.labels[idx],
         ids=ids,
         ok=ok,
         failures=failures,
     )
+
+
+def _embed_views(views: torch.Tensor, enc, spec, keep: torch.Tensor) -> torch.Tensor:
+    """(B, V, c, c, 3) uint8 views -> (B, V, E) fp16 unit embeddings (zeros where not ok)."""
+    b, v = views.shape[:2]
+    pixels = normalize_batch(views.flatten(0, 1).to(enc.device, non_blocking=True), spec, enc.dtype)
+    emb, _ = enc.encode_images(pixels)
+    emb = emb.reshape(b, v, -1) * keep[:, None, None]
+    return emb.half().cpu()
 
 
 def _embed_split(writer, split, ds, enc, spec, cfg, dist, bar) -> int:
@@ -215,7 +248,7 @@ def _embed_split(writer, split, ds, enc, spec, cfg, dist, bar) -> int:
         return 0
     workers = _workers(cfg.workers)
     loader = DataLoader(
-        _Decoded(ds, spec),
+        _Decoded(ds, spec, cfg.views, cfg.augment, cfg.seed, split),
         batch_sampler=batches,
         num_workers=workers,
         collate_fn=_collate,
@@ -227,12 +260,13 @@ def _embed_split(writer, split, ds, enc, spec, cfg, dist, bar) -> int:
     )
     todo, parts, have, done = iter(shards), [], 0, 0
     shard = next(todo)
-    for idx, imgs, ok, reasons in loader:
+    for idx, imgs, ok, reasons, views in loader:
         pixels = normalize_batch(imgs.to(enc.device, non_blocking=True), spec, enc.dtype)
         emb, norms = enc.encode_images(pixels)
         keep = ok.to(emb.device)
         emb, norms = emb * keep[:, None], norms * keep  # unreadable rows are stored as zeros
-        parts.append((idx, emb.half().cpu(), norms.cpu(), ok, reasons))
+        view_emb = _embed_views(views, enc, spec, keep) if cfg.views else None
+        parts.append((idx, emb.half().cpu(), norms.cpu(), ok, reasons, view_emb))
         have += len(idx)
         bar.update(len(idx))
         if have == len(plan.rows(shard)):
@@ -270,6 +304,7 @@ def _run(cfg: EmbedConfig, dist: DistContext, device: torch.device) -> EmbedResu
         embed_dim=model["embed_dim"],
         chunk_rows=cfg.chunk_rows,
         shard_rows=cfg.shard_rows,
+        views=cfg.views,
     )
     status = dist.broadcast(writer.prepare(cfg.overwrite) if dist.is_main else None)
     rows = {s: len(d) for s, d in datasets.items()}
