@@ -10,6 +10,8 @@ silently used. Hashing costs far less than the matmuls that follow
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -132,9 +134,12 @@ class Cache:
         if len(sums) != plan.num_shards:
             raise self._damaged(f"{group}/{name}", f" ({len(sums)} checksums for "
                                 f"{plan.num_shards} shards)")  # fmt: skip
-        for s, want in enumerate(sums):
-            r = plan.rows(s)
-            if array_checksum(name, data[r.start : r.stop]) != want:
+        rows = [plan.rows(s) for s in range(plan.num_shards)]
+        # hashlib releases the GIL on big buffers: shards are hashed on every core
+        with ThreadPoolExecutor(max_workers=min(len(rows), os.cpu_count() or 1) or 1) as pool:
+            got = list(pool.map(lambda r: array_checksum(name, data[r.start : r.stop]), rows))
+        for s, (r, g, want) in enumerate(zip(rows, got, sums, strict=True)):
+            if g != want:
                 raise self._damaged(
                     f"{group}/{name}", f", shard {s} (rows {r.start}..{r.stop - 1}),", r.start
                 )

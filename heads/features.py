@@ -4,6 +4,8 @@ cbm       psi = alpha * I @ D.T      (B, |D|)   SPEC §1
 probe     I                          (B, E)     true linear probe on image embeddings
 zs-probe  alpha * I @ C.T            (B, |C|)   the published code's "linear probing"
 zero-shot alpha * I @ C.T            (B, |C|)   read by an identity module: zero-shot CLIP
+features  T(I)                       (B, F)     a fitted transform: SAE codes or an adapter's
+                                                projection (`fit-head --features sae|adapter`)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class TextTensors:
     concept_emb: torch.Tensor
     class_emb: torch.Tensor
     logit_scale: float  # alpha = exp(CLIP logit_scale)
+    transform: object | None = None  # heads.transforms.FeatureTransform of a "features" head
 
     @classmethod
     def from_cache(cls, cache, device) -> TextTensors:
@@ -38,4 +41,5 @@ FEATURES: dict[str, Callable[[torch.Tensor, TextTensors], torch.Tensor]] = {
     "probe": lambda x, t: x,
     "zs-probe": lambda x, t: class_logits(x, t.class_emb, t.logit_scale),
     "zero-shot": lambda x, t: class_logits(x, t.class_emb, t.logit_scale),  # nn.Identity head
+    "features": lambda x, t: t.transform(x),
 }

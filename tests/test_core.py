@@ -64,9 +64,9 @@ def test_config_value_errors_are_the_stage_config_error():
     from heads.errors import HeadsConfigError
     from pipeline.errors import PipelineConfigError
 
-    with pytest.raises(HeadsConfigError, match="batch_size must be an integer >= 1"):
+    with pytest.raises(HeadsConfigError, match="--batch-size must be an integer >= 1"):
         FitHeadConfig(cache="c.zarr", batch_size=0)
-    with pytest.raises(PipelineConfigError, match="shard_rows .* multiple of chunk_rows"):
+    with pytest.raises(PipelineConfigError, match="--shard-rows .* multiple of --chunk-rows"):
         EmbedConfig(dataset="cifar10", root="r", out="o", concepts="c", shard_rows=6000)
 
 

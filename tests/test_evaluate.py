@@ -91,11 +91,11 @@ def test_cms_eval_errors(planted, tmp_path):
         run_cms_eval(CmsEvalConfig(cache=planted["cache"], splits=("val",), out=tmp_path))
     with pytest.raises(ValueError, match="normalize must be one of .* got 'l1'"):
         CmsEvalConfig(cache=planted["cache"], normalize="l1")
-    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="--chunk-size must be an integer >= 1, got 0"):
         CmsEvalConfig(cache=planted["cache"], chunk_size=0)
     with pytest.raises(ValueError, match="device must be one of .* got 'tpu'"):
         CmsEvalConfig(cache=planted["cache"], device="tpu")
-    with pytest.raises(ValueError, match="splits must be non-empty and distinct"):
+    with pytest.raises(ValueError, match="--split must be non-empty and distinct"):
         CmsEvalConfig(cache=planted["cache"], splits=("test", "test"))
 
 
@@ -191,7 +191,7 @@ def test_evaluate_refuses_a_head_with_another_concept_count(planted, tmp_path):
 
 
 def test_evaluate_config_errors(planted):
-    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1, got -1"):
+    with pytest.raises(ValueError, match="--chunk-size must be an integer >= 1, got -1"):
         EvaluateConfig(cache=planted["cache"], head=planted["head"], chunk_size=-1)
     with pytest.raises(EvalInputError, match="split 'dev' is not in cache"):
         run_evaluate(EvaluateConfig(cache=planted["cache"], head=planted["head"], split="dev"))

@@ -117,7 +117,7 @@ def test_explain_user_errors(planted, tmp_path):
         ExplainConfig(**cfg, index=-1)
     with pytest.raises(ValueError, match="out must be a .png path, got 'x.jpg'"):
         ExplainConfig(cache=planted["cache"], index=0, out="x.jpg")
-    with pytest.raises(ValueError, match="top_k must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="--top-k must be an integer >= 1, got 0"):
         ExplainConfig(**cfg, index=0, top_k=0)
 
 

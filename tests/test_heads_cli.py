@@ -29,7 +29,7 @@ def test_fit_head_cli_writes_a_head_and_prints_the_table(tmp_path, monkeypatch):
 
     bad = runner.invoke(app, ["fit-head", "--cache", str(cache), "--loss", "sparse", "--hard",
                               "--variant", "reference", "--no-progress"])  # fmt: skip
-    assert bad.exit_code == 2 and "hard=True needs variant='paper'" in bad.output
+    assert bad.exit_code == 2 and "--hard needs --variant paper" in bad.output
 
     top = runner.invoke(app, ["fit-head", "--cache", str(cache), "--topk", "3", "--epochs", "2",
                               "--out", "topk", "--no-progress"])  # fmt: skip

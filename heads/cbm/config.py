@@ -21,6 +21,7 @@ FC_INITS = ("zero-shot", "prior", "zero")  # heads.cbm.init.FC_INITS
 POSITIVES = ("class", "diagonal")
 AGGREGATES = ("mean-in-log", "mean-of-losses")  # heads.cbm.positives
 FINAL_LAYERS = ("dense", "elastic-net")
+FEATURE_SOURCES = ("clip", "sae", "adapter")  # clip: the cache's embeddings; else a transform
 AUTO_TOPK_FRACTION = 0.1  # sparse default: 10% of |D| active (>= 90% inactive)
 AUTO_TOPK_MAX = 64
 DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
@@ -83,6 +84,13 @@ class FitHeadConfig:
     hard: bool = option(False, "Straight-through one-hot Gumbel samples (sparse, paper variant).")
     variant: str = option("paper", "Sparse loss form: paper (eq. 9-10) | reference (published "
                           "code).", choices=VARIANTS)  # fmt: skip
+    features: str = option("clip", "What the head reads: clip (the cache's image embeddings: "
+                           "concept similarities for a CBM), sae (the named latent codes of "
+                           "--sae DIR, Discover-then-Name: a final layer over them), adapter "
+                           "(the projection of --adapter DIR: a linear probe over it).",
+                           choices=FEATURE_SOURCES)  # fmt: skip
+    sae: Path | None = option(None, "--features sae: an SAE directory written by fit-sae.")
+    adapter: Path | None = option(None, "--features adapter: a directory written by fit-adapter.")
     device: str = option("auto", DEVICE_HELP)
     progress: bool = option(True, "Show progress bars.")
     train_split: str = option("train", "Cache split to train on (validation is carved from it).")
@@ -100,6 +108,18 @@ class FitHeadConfig:
         if self.out is not None:
             object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "l2_grid", tuple(float(v) for v in self.l2_grid))
+        for name in ("sae", "adapter"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        if self.features != "clip" and getattr(self, self.features) is None:
+            raise ValueError(f"features {self.features!r} needs {self.features} DIR (the "
+                             f"directory `fit-{self.features}` wrote)")  # fmt: skip
+        for name in ("sae", "adapter"):
+            if getattr(self, name) is not None and self.features != name:
+                raise ValueError(f"{name} is given but features is {self.features!r}; pass "
+                                 f"features {name} to train on it")  # fmt: skip
+        if self.features != "clip" and self.topk:
+            raise ValueError("topk applies to a CBL; features sae/adapter heads have none")
         check_device(self.device)
         for name in ("lr_cbl", "lr_fc", "tau_max", "tau_min"):
             _positive(name, getattr(self, name))
@@ -120,7 +140,7 @@ class FitHeadConfig:
             isinstance(self.topk, bool) or not isinstance(self.topk, int) or self.topk < 0
         ):
             raise ValueError(f"topk must be an integer >= 0 (0 = off), got {self.topk!r}")
-        if self.final_layer != "dense" and self.loss not in CBM_LOSSES:
+        if self.final_layer != "dense" and self.loss not in CBM_LOSSES and self.features == "clip":
             raise ValueError(
                 f"final_layer {self.final_layer!r} applies to a concept-bottleneck head "
                 f"({', '.join(CBM_LOSSES)}); loss {self.loss!r} has none"
@@ -139,7 +159,7 @@ class FitHeadConfig:
             )
         if self.hard and self.variant == "reference":
             raise ValueError(
-                "hard=True needs variant='paper': the reference form takes -log of the one-hot "
+                "hard needs variant paper: the reference form takes -log of the one-hot "
                 "sample, which is inf"
             )
         if not self.l2_grid or any(v <= 0 or not math.isfinite(v) for v in self.l2_grid):
@@ -147,16 +167,28 @@ class FitHeadConfig:
 
     @property
     def kind(self) -> str:
-        """Head kind written to config.json: cbm | probe | zs-probe."""
+        """Head kind written to config.json: cbm | probe | zs-probe | features."""
+        if self.features != "clip":
+            return "features"
         return "cbm" if self.loss in CBM_LOSSES else self.loss
+
+    @property
+    def transform_dir(self) -> Path | None:
+        """The transform directory of a features head (--sae / --adapter), else None."""
+        return getattr(self, self.features) if self.features != "clip" else None
 
     def out_dir(self) -> Path:
         """The head directory: `out`, or runs/heads/<cache-stem>-<loss> (outside the package)."""
         return (
             self.out
             if self.out is not None
-            else Path("runs/heads") / (f"{self.cache.stem}-{self.loss}")
+            else Path("runs/heads") / (f"{self.cache.stem}-{self._run_name()}")
         )
+
+    def _run_name(self) -> str:
+        if self.features != "clip":
+            return f"{self.features}-{self.transform_dir.name}-{self.final_layer}"
+        return self.loss
 
     def to_json(self) -> dict:
         """JSON-able hyper-parameters (paths as strings)."""
@@ -164,6 +196,8 @@ class FitHeadConfig:
         d["cache"] = str(self.cache)
         d["out"] = str(self.out_dir())
         d["l2_grid"] = list(self.l2_grid)
+        for name in ("sae", "adapter"):
+            d[name] = None if d[name] is None else str(d[name])
         return d
 
 

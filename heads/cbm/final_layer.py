@@ -59,6 +59,27 @@ def _top1(a, y, weight, bias) -> float:
     return float(((a @ weight.T + bias).argmax(1) == y).double().mean())
 
 
+def fit_sparse_linear(a_fit, y_fit, a_val, y_val, n_classes: int, config) -> tuple:
+    """An elastic-net path on features a (n, F) stopped at config.nec non-zero weights per
+    class, the chosen support refitted without the shrinkage when that does not lower
+    validation top-1: (weight (|C|, F), bias (|C|,), info)."""
+    path = fit_elastic_net(
+        a_fit, y_fit, n_classes=n_classes, target_nec=config.nec, x_val=a_val, y_val=y_val,
+        progress=config.progress, seed=config.seed,
+    )  # fmt: skip
+    w0, b0 = path.weight.to(a_fit), path.bias.to(a_fit)
+    w1, b1 = _refit_on_support(a_fit, y_fit, w0, b0)
+    val0, val1 = _top1(a_val, y_val, w0, b0), _top1(a_val, y_val, w1, b1)
+    refit = val1 >= val0
+    w, b = (w1, b1) if refit else (w0, b0)
+    log.info("elastic-net final layer: lambda %.3g, NEC %.2f, val top-1 %.4f shrunk / %.4f "
+             "refitted on the support (%s kept)", path.lam, path.nec, val0, val1,
+             "refit" if refit else "shrunk")  # fmt: skip
+    info = {"lam": path.lam, "nec": path.nec, "path": path.path, "val_top1_shrunk": val0,
+            "val_top1_refit": val1, "refit_kept": refit}  # fmt: skip
+    return w, b, info
+
+
 def fit_sparse_final_layer(model, data, config) -> dict:
     """Replace model.fc by the elastic-net path's point at config.nec; returns the path info.
 
@@ -68,22 +89,9 @@ def fit_sparse_final_layer(model, data, config) -> dict:
     """
     a_fit = _activations(model, data, data.train_idx)
     a_val = _activations(model, data, data.val_idx)
-    path = fit_elastic_net(
-        a_fit, data.train.y[data.train_idx], n_classes=data.n_classes, target_nec=config.nec,
-        x_val=a_val, y_val=data.train.y[data.val_idx], progress=config.progress,
-        seed=config.seed,
-    )  # fmt: skip
     y_fit, y_val = data.train.y[data.train_idx], data.train.y[data.val_idx]
-    w0, b0 = path.weight.to(a_fit), path.bias.to(a_fit)
-    w1, b1 = _refit_on_support(a_fit, y_fit, w0, b0)
-    val0, val1 = _top1(a_val, y_val, w0, b0), _top1(a_val, y_val, w1, b1)
-    refit = val1 >= val0
-    w, b = (w1, b1) if refit else (w0, b0)
+    w, b, info = fit_sparse_linear(a_fit, y_fit, a_val, y_val, data.n_classes, config)
     with torch.no_grad():
         model.fc.weight.copy_(w.to(model.fc.weight))
         model.fc.bias.copy_(b.to(model.fc.bias))
-    log.info("elastic-net final layer: lambda %.3g, NEC %.2f, val top-1 %.4f shrunk / %.4f "
-             "refitted on the support (%s kept)", path.lam, path.nec, val0, val1,
-             "refit" if refit else "shrunk")  # fmt: skip
-    return {"lam": path.lam, "nec": path.nec, "path": path.path, "val_top1_shrunk": val0,
-            "val_top1_refit": val1, "refit_kept": refit}  # fmt: skip
+    return info

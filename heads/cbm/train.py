@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from cache import open_cache
 from core.device import resolve_device
+from heads.baselines.features_head import fit_features_head
 from heads.baselines.probe import BASELINE_TRAINERS
 from heads.cbm.config import FitHeadConfig, resolve_topk
 from heads.cbm.final_layer import fit_sparse_final_layer
@@ -259,7 +260,7 @@ def _weight_change(before: dict, after: dict) -> dict:
     return {name: (after[k] - before[k]).norm().item() for name, k in keys.items()}
 
 
-TRAINERS = {"cbm": fit_cbm, **BASELINE_TRAINERS}
+TRAINERS = {"cbm": fit_cbm, "features": fit_features_head, **BASELINE_TRAINERS}
 
 
 def evaluate_module(module, kind: str, data: HeadData) -> dict:
@@ -299,6 +300,7 @@ def _head_config(config, cache, data: HeadData, device, metrics, info) -> dict:
         "n_classes": len(cache.classes),
         "embed_dim": int(cache.embed_dim),
         "topk": info.get("topk", 0),  # rebuilds the CBM's TopK bottleneck on load (0 = off)
+        "transform": info.get("transform"),  # features heads: the SAE / adapter they read
         "cache_fingerprint": cache.fingerprint,
         "cache_path": str(cache.path),
         "validation": {

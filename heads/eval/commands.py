@@ -249,10 +249,17 @@ class ExplainResult:
 
 def _explain_head(cfg, cache, data, pos, device, top_k: int) -> Explanation:
     head = load_head(cfg.head, cache, device=device)
+    if head.kind == "features":  # a final layer over named SAE latents (or adapter features)
+        sc = head.scorer(cache)
+        a = sc.text.transform(sc.text.class_emb.new_tensor(data.image_emb[pos : pos + 1]))[0]
+        fc = head.module
+        names = sc.text.transform.names
+        return explain_cbm(a, fc.weight, fc.bias, names, k=min(top_k, len(names)))
     if head.kind != "cbm":
         raise EvalInputError(
-            f"explain needs a concept-bottleneck head (kind 'cbm'); {cfg.head} is kind "
-            f"{head.kind!r}, which has no concepts. Use a cbm head, or omit --head for CMS."
+            f"explain needs a concept-bottleneck head (kind 'cbm', or a features head on an "
+            f"SAE); {cfg.head} is kind {head.kind!r}, which has no concepts. Use such a head, "
+            "or omit --head for CMS."
         )
     a = head.scorer(cache).activations(data.image_emb[pos : pos + 1])[0]  # (|D|,)
     fc = head.module.fc

@@ -8,6 +8,7 @@ with another fingerprint (HeadCacheMismatchError).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -38,6 +39,7 @@ MODULE_BUILDERS: dict[str, Callable[[dict], nn.Module]] = {
     "cbm": lambda c: ConceptBottleneck(c["n_concepts"], c["n_classes"], topk=int(c.get("topk", 0))),
     "probe": lambda c: nn.Linear(c["embed_dim"], c["n_classes"]),
     "zs-probe": lambda c: nn.Linear(c["n_classes"], c["n_classes"]),
+    "features": lambda c: nn.Linear(int(c["transform"]["n_features"]), c["n_classes"]),
 }
 
 
@@ -86,8 +88,31 @@ class Head:
         device = next(self.module.parameters(), torch.empty(0)).device
         key = (cache.fingerprint, str(device))
         if key not in self._text:
-            self._text[key] = TextTensors.from_cache(cache, device)
+            text = TextTensors.from_cache(cache, device)
+            if self.kind == "features":
+                text = dataclasses.replace(text, transform=self._transform(cache, device))
+            self._text[key] = text
         return Scorer(self.kind, self.module, self._text[key])
+
+    def _transform(self, cache, device):
+        """The SAE / adapter a features head reads, refused if it changed since the fit."""
+        from heads.io.data import checked_transform
+
+        rec = self.config["transform"]
+        tr = checked_transform(rec["kind"], rec["path"], cache, device)
+        if tr.sha256 != rec["sha256"]:
+            raise HeadFormatError(
+                f"{rec['kind']} {rec['path']} is not the one this head was fitted on (its "
+                "weights' sha256 differs); fit the head again on the current one"
+            )
+        return tr
+
+    @property
+    def feature_names(self) -> list[str] | None:
+        """Names of what a features head's final layer reads (SAE latent names), else None."""
+        if self.kind != "features":
+            return None
+        return next(iter(self._text.values())).transform.names if self._text else None
 
     def logits(self, image_emb, cache) -> torch.Tensor:
         """image_emb (N, E) -> class logits (N, |C|) fp32 on the module's device."""

@@ -8,13 +8,14 @@ Batches are then drawn by indexing these tensors -- no per-row cache reads.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from heads.errors import HeadDataError
+from heads.errors import HeadCacheMismatchError, HeadDataError
 from heads.features import TextTensors
 from heads.io.evaldata import check_disjoint
 from heads.io.evaldata import load_split as load_split_checked
@@ -79,6 +80,26 @@ def load_split(cache, name: str, device) -> SplitTensors:
     )
 
 
+def checked_transform(kind: str, path, cache, device):
+    """The fitted transform at `path` (heads.transforms), refused unless it was fitted on a
+    cache of the same model (same embedding space) as `cache`."""
+    from cache.layout import model_fingerprint
+    from heads.transforms import load_transform
+
+    tr = load_transform(kind, path, device)
+    if tr.model_fingerprint != model_fingerprint(cache.metadata):
+        raise HeadCacheMismatchError(
+            f"{kind} {path} was fitted on a cache of another model (embedding space) than "
+            f"{cache.path}; fit it on a cache of this model"
+        )
+    if tr.in_dim and tr.in_dim != int(cache.embed_dim):
+        raise HeadCacheMismatchError(
+            f"{kind} {path} reads E = {tr.in_dim} embeddings, cache {cache.path} has "
+            f"E = {cache.embed_dim}"
+        )
+    return tr
+
+
 def carve_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded hold-out of train: (fit_idx, val_idx), both sorted, disjoint, covering range(n)."""
     n_val = int(round(fraction * n))
@@ -104,12 +125,17 @@ def load_data(cache, config, device) -> HeadData:
         test = load_split(cache, config.test_split, device)
     elif config.test_split is not None:
         log.warning("cache has no %r split; test metrics are skipped", config.test_split)
+    text = TextTensors.from_cache(cache, device)
+    if config.features != "clip":
+        text = dataclasses.replace(
+            text, transform=checked_transform(config.features, config.transform_dir, cache, device)
+        )
     return HeadData(
         train=train,
         train_idx=torch.from_numpy(fit_idx).to(device),
         val_idx=torch.from_numpy(val_idx).to(device),
         test=test,
-        text=TextTensors.from_cache(cache, device),
+        text=text,
         n_classes=n_classes,
         val_seed=config.seed,
         classes=list(cache.classes),
