@@ -14,6 +14,9 @@
 #       (benchmarks/fit_head_speed.py --imagenet-mode full)
 #   (c) cms_imagenet.json  cms-eval at 50k x 4,751 x 1,000 on the GPU, seconds and top-1 per
 #       normalisation (benchmarks/cms_speed.py --device cuda)
+#   (d) gpu_attribution.json  M2IB pairs/s for the ViT-B/32 and ViT-L/14 shapes, fp16
+#       (benchmarks/gpu_attribution.py)
+#   (e) gpu_sae.json  TopK SAE training samples/s (benchmarks/gpu_sae.py)
 # plus steps.jsonl (one line per step: ok / failed / timeout / skipped), summary.md and
 # suite.log. A failing step is recorded and the suite goes on. Every step has a timeout, and
 # the whole suite a budget (GPU_SUITE_BUDGET_S, default 450 s): steps are cut to what is left,
@@ -236,14 +239,18 @@ if [[ $QUICK == 1 ]]; then
     EMBED_COMPILE=(--arch tiny --dtype auto --images 64 --e2e-small 32 --batch 32 --iters 2 --workers 1)
     FIT=(--set imagenet.n_train=2000 --set imagenet.n_test=400 --set imagenet.d=120 --set imagenet.c=20)
     CMS=(--n 2000 --concepts 200 --classes 20 --normalize none)
-    LIMITS=(60 60 60 60)
+    LIMITS=(60 60 60 60 60 60)
+    ATTR=(--dry-run)
+    SAE=(--dry-run)
     COMPILE_BACKEND=${GPU_SUITE_COMPILE_BACKEND:-eager} # dynamo only: no C++ build on a CPU
 else
     EMBED=(--arch vit-l-14 --dtype fp16 --images "$EMBED_IMAGES" --e2e-small "$EMBED_SMALL" --batch 256 --iters 20)
     EMBED_COMPILE=("${EMBED[@]}")
     FIT=()
     CMS=()
-    LIMITS=(180 300 150 240)
+    LIMITS=(180 300 150 240 90 90)
+    ATTR=(--dtype fp16)
+    SAE=()
     COMPILE_BACKEND=${GPU_SUITE_COMPILE_BACKEND:-inductor}
 fi
 GEN=numpy
@@ -261,6 +268,14 @@ run_step fit_head "${LIMITS[1]}" fit_head_imagenet.json \
 # (c)
 run_step cms "${LIMITS[2]}" cms_imagenet.json \
     "$PY" benchmarks/cms_speed.py --device "$DEVICE" ${CMS[@]+"${CMS[@]}"} --out "$RESULTS/cms_imagenet.json"
+# (d) M2IB pairs/s, ViT-B/32 and ViT-L/14 shapes (benchmarks/gpu_attribution.py)
+run_step attribution "${LIMITS[4]}" gpu_attribution.json \
+    "$PY" benchmarks/gpu_attribution.py --device "$DEVICE" "${ATTR[@]}" --out "$RESULTS/gpu_attribution.json"
+# (e) TopK SAE training samples/s at 1.28M x 768 (benchmarks/gpu_sae.py)
+if [[ -f benchmarks/gpu_sae.py ]]; then
+    run_step sae "${LIMITS[5]}" gpu_sae.json \
+        "$PY" benchmarks/gpu_sae.py --device "$DEVICE" ${SAE[@]+"${SAE[@]}"} --out "$RESULTS/gpu_sae.json"
+fi
 # (a) with --compile last: the longest and the likeliest to hit the budget
 run_step embed_compile "${LIMITS[3]}" embed_compile.json \
     "$PY" benchmarks/embed_throughput.py "${EMBED_COMPILE[@]}" --device "$DEVICE" --compile \
