@@ -72,13 +72,20 @@ def check_choices(config, error: type[ConfigError] = ConfigError) -> None:
             check_choice(flag_of(f), v, allowed, error)
 
 
+_AS_OPTION = r"(?=\s+(?:must|needs|applies|only|is given)\b|\s*\(|=|\s+')"  # "seed must"
+
+
 def in_option_names(cls, message: str) -> str:
     """`message` with field names replaced by the option a user types (`lam` -> `--lambda`,
-    `lr_cbl` -> `--lr-cbl`): where a name is a word of its own, not part of a longer one."""
+    `lr_cbl` -> `--lr-cbl`). A one-word name that is also an English word ("similarity",
+    "split") is replaced only where it reads as the option: "split must ...", "split (...)"."""
     for f in dataclasses.fields(cls):
         if not f.metadata.get("cli", True):
             continue
-        message = re.sub(rf"(?<![\w\-.'\"/]){re.escape(f.name)}(?![\w\-'\"/(])", flag_of(f), message)
+        flag = flag_of(f)
+        word = "_" in f.name or flag != "--" + f.name
+        tail = r"(?![\w\-'\"/(])" if word else _AS_OPTION
+        message = re.sub(rf"(?<![\w\-.'\"/]){re.escape(f.name)}{tail}", flag, message)
     return message
 
 

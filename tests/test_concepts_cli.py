@@ -148,7 +148,7 @@ def test_conceptnet_source_from_recorded_cache(tmp_path, monkeypatch):
             ["--dataset", "mnist", "--source", "conceptnet", "--out", "x.csv"],
             r"Invalid value for '--dataset'",  # choices come from the built-in lists
         ),
-        (["--source", "conceptnet", "--out", "x.csv"], "exactly one of dataset"),
+        (["--source", "conceptnet", "--out", "x.csv"], "exactly one of --dataset"),
         (
             ["--dataset", "cifar10", "--source", "conceptnet", "--out", "x.txt"],
             "out must end in .csv",
@@ -179,7 +179,7 @@ def test_conceptnet_source_from_recorded_cache(tmp_path, monkeypatch):
                 "--class-sim",
                 "1.5",
             ],
-            r"class_sim must be a cosine similarity in \[-1, 1\]",
+            r"(--)?class.sim must be a cosine similarity in \[-1, 1\]",
         ),
     ],
 )

@@ -112,12 +112,12 @@ class FitHeadConfig:
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
         if self.features != "clip" and getattr(self, self.features) is None:
-            raise ValueError(f"features {self.features!r} needs {self.features} DIR (the "
+            raise ValueError(f"--features {self.features!r} needs --{self.features} DIR (the "
                              f"directory `fit-{self.features}` wrote)")  # fmt: skip
         for name in ("sae", "adapter"):
             if getattr(self, name) is not None and self.features != name:
-                raise ValueError(f"{name} is given but features is {self.features!r}; pass "
-                                 f"features {name} to train on it")  # fmt: skip
+                raise ValueError(f"--{name} is given but --features is {self.features!r}; "
+                                 f"pass --features {name} to train on it")  # fmt: skip
         if self.features != "clip" and self.topk:
             raise ValueError("topk applies to a CBL; features sae/adapter heads have none")
         check_device(self.device)
@@ -159,7 +159,7 @@ class FitHeadConfig:
             )
         if self.hard and self.variant == "reference":
             raise ValueError(
-                "hard needs variant paper: the reference form takes -log of the one-hot "
+                "--hard needs --variant paper: the reference form takes -log of the one-hot "
                 "sample, which is inf"
             )
         if not self.l2_grid or any(v <= 0 or not math.isfinite(v) for v in self.l2_grid):

@@ -25,7 +25,9 @@ stays O(n * E): mean similarities come from the column sum, rule (3) works in bl
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -33,6 +35,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .io import ConceptSet
+
+log = logging.getLogger(__name__)
 
 # n strings -> (n, E) float array; rows are L2-normalised here anyway
 Embed = Callable[[list[str]], np.ndarray]
@@ -242,12 +246,18 @@ def filter_concepts(
     items, drops = _rule_length(items, rules)
     dropped += drops
     if items:
+        log.info("concept filter: embedding %d candidates and %d classes", len(items), len(classes))
+        t0 = time.perf_counter()
         x = _unit(embed([it.text for it in items]))
+        log.info("concept filter: embedded in %.1f s; rules (2)-(4) next", time.perf_counter() - t0)
         keep, drops = _rule_class_sim(x, _unit(embed(list(classes))), classes, rules, items)
         dropped += drops
         items, x = [it for it, k in zip(items, keep, strict=True) if k], x[keep]
     if items:
+        t0 = time.perf_counter()
         keep, by, sim = suppress_near_duplicates(x, rules.concept_sim, progress)
+        log.info("concept filter: near-duplicate rule over %d concepts in %.1f s (%d kept)",
+                 len(items), time.perf_counter() - t0, int(keep.sum()))  # fmt: skip
         dropped += [
             _drop(it, "concept_sim", float(sim[i]), items[by[i]].text)
             for i, it in enumerate(items)
