@@ -49,12 +49,12 @@ from heads.cbm.positives import links_from_concept_classes
 from heads.cbm.train import fit, save_fitted
 from heads.chunks import iter_chunks
 from heads.errors import HeadsConfigError, OutputExistsError
-from heads.eval.config import METHODS, CompareConfig
+from heads.eval.config import METHODS, CompareConfig, Method
 from heads.eval.evaluate import evaluate, zero_shot_scorer
 from heads.eval.metrics import classification_metrics, ranked
 from heads.eval.plots import new_figure, save_figure
 from heads.features import TextTensors
-from heads.io.data import load_data
+from heads.io.data import checked_transform, load_data
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,21 @@ def _training_free(cfg, name, cache, data) -> dict | None:
     return _description(cache, data)
 
 
+def transform_methods(cfg: CompareConfig) -> list[tuple[str, Method, str, Path]]:
+    """The rows `--sae DIR` / `--adapter DIR` add: final layers over the transform's features."""
+    out = []
+    if cfg.sae is not None:
+        for fl, extra in (("dense", {}), ("elastic-net", {"nec": 5.0})):
+            head = {"features": "sae", "sae": cfg.sae, "final_layer": fl, **extra}
+            out.append((f"sae-{fl}", Method(f"final layer ({fl}) on SAE latents", head), "sae",
+                        cfg.sae))  # fmt: skip
+    if cfg.adapter is not None:
+        head = {"features": "adapter", "adapter": cfg.adapter}
+        out.append(("adapter-probe", Method("linear probe on the adapter", head), "adapter",
+                    cfg.adapter))  # fmt: skip
+    return out
+
+
 def _fit_method(cfg, name, method, cache, data, device) -> tuple[dict, dict]:
     head_cfg = FitHeadConfig(
         cache=cfg.cache, out=cfg.out_dir() / "heads" / name, seed=cfg.seed, device=cfg.device,
@@ -141,6 +156,13 @@ def run_compare(cfg: CompareConfig) -> CompareResult:
                     continue
             else:
                 test, val = _fit_method(cfg, name, method, cache, data, device)
+            rows.append(_row(name, test, time.perf_counter() - t0, val))
+            log.info("%s: test top-1 %.4f (%.1f s)", name, test["top1"], rows[-1]["seconds"])
+        for name, method, kind, path in transform_methods(cfg):
+            t0 = time.perf_counter()
+            tr = checked_transform(kind, path, cache, device)
+            tdata = dataclasses.replace(data, text=dataclasses.replace(data.text, transform=tr))
+            test, val = _fit_method(cfg, name, method, cache, tdata, device)
             rows.append(_row(name, test, time.perf_counter() - t0, val))
             log.info("%s: test top-1 %.4f (%.1f s)", name, test["top1"], rows[-1]["seconds"])
     table = pd.DataFrame(rows, columns=list(COLUMNS))

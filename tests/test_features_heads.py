@@ -95,3 +95,14 @@ def test_a_changed_transform_or_another_model_is_refused(setup):
     assert res.exit_code == 2 and "another model" in res.output
     res = runner.invoke(app, ["fit-head", "--cache", str(path), "--features", "sae"])
     assert res.exit_code == 2 and "--features 'sae' needs --sae DIR" in res.output
+
+
+def test_compare_adds_the_transform_rows(setup):
+    path, sae, tmp = setup
+    res = runner.invoke(app, ["compare", "--cache", str(path), "--method", "zero-shot", "--sae",
+                              str(sae), "--out", str(tmp / "cmp"), "--no-progress",
+                              "--device", "cpu"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    table = (tmp / "cmp" / "results.csv").read_text()
+    assert "sae-dense" in table and "sae-elastic-net" in table and "zero-shot" in table
+    assert (tmp / "cmp" / "heads" / "sae-elastic-net" / "config.json").is_file()

@@ -162,9 +162,16 @@ class CompareConfig:
     overwrite: bool = option(False, "Replace a non-empty --out.")
     verify: bool = option(True, VERIFY_HELP)
     allow_overlap: bool = option(False, ALLOW_OVERLAP_HELP)
+    sae: Path | None = option(None, "Add rows for this SAE (fit-sae): dense and elastic-net "
+                              "final layers over its named latents.")  # fmt: skip
+    adapter: Path | None = option(None, "Add a row for this adapter (fit-adapter): a linear "
+                                  "probe on its projection.")  # fmt: skip
 
     def __post_init__(self):
         object.__setattr__(self, "cache", Path(self.cache))
+        for name in ("sae", "adapter"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
         if self.out is not None:
             object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "methods", tuple(self.methods))
