@@ -463,6 +463,7 @@ def test_fingerprint_tracks_content_not_location(tmp_path):
         "n": 4,
         "n_classes": 2,
         "fingerprint": ds.fingerprint(),
+        "id_kind": "path",
     }
 
 

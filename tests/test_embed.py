@@ -181,6 +181,9 @@ def test_wrong_root_and_bad_options(tiny_clip_dir, concepts, tmp_path):
     assert "needs --out a path ending in .h5" in r.output
     root = fx.make_imagefolder(tmp_path / "data")
     r = embed(tmp_path / "no-model", "imagefolder", root, tmp_path / "c.zarr", concepts, code=2)
+    assert "no-model does not exist" in r.output
+    (tmp_path / "empty-model").mkdir()
+    r = embed(tmp_path / "empty-model", "imagefolder", root, tmp_path / "c.zarr", concepts, code=2)
     assert "could not read CLIP config" in r.output
 
 

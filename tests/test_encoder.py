@@ -9,6 +9,7 @@ import torch
 
 from core.device import DeviceError, resolve_device
 from pipeline.encoder import ClipEncoder, EncoderError, projected, resolve_dtype
+from pipeline.hub import ModelUnavailableError
 
 
 def test_projected_accepts_tensor_and_output_object():
@@ -51,8 +52,11 @@ def test_image_features_unit_rows(tiny_clip_dir):
 
 
 def test_errors(tmp_path):
-    with pytest.raises(EncoderError, match="could not load CLIP model"):
+    with pytest.raises(ModelUnavailableError, match="nothing-here does not exist"):
         ClipEncoder.load(str(tmp_path / "nothing-here"), device="cpu")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EncoderError, match="could not load CLIP model"):
+        ClipEncoder.load(str(tmp_path / "empty"), device="cpu")
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="sees 0 CUDA device"):
             resolve_device("cuda")
