@@ -54,9 +54,12 @@ GOOD = """# title
 """
 
 
-def test_real_readme_tables_match_their_json():
-    report = cr.check_readme(ROOT / "README.md")
-    assert report.ok, "README.md numbers not found in their JSON:\n" + "\n".join(
+@pytest.mark.parametrize(
+    "doc", ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("docs/*.md"))]
+)
+def test_real_readme_tables_match_their_json(doc):
+    report = cr.check_readme(ROOT / doc, root=ROOT)
+    assert report.ok, f"{doc} numbers not found in their JSON:\n" + "\n".join(
         str(p) for p in report.problems
     )
 
