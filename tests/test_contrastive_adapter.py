@@ -170,8 +170,11 @@ def test_adapter_on_a_cache_of_another_model(views_cache, tmp_path):
 def test_damaged_or_missing_adapter(views_cache, tmp_path):
     out = tmp_path / "ad"
     assert runner.invoke(app, fit_args(views_cache, out)).exit_code == 0
-    with pytest.raises(HeadFormatError, match="model.safetensors is missing"):
+    with pytest.raises(HeadFormatError, match="nothing does not exist"):
         load_adapter(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(HeadFormatError, match="model.safetensors is missing"):
+        load_adapter(tmp_path / "empty")
     cfg = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text(json.dumps({**cfg, "kind": "cbm"}))
     with pytest.raises(HeadFormatError, match="not an adapter directory"):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import heads.io.weights_dir as weights_dir
 from cache import open_cache, write_cache
 from cache.planted import make_planted_cache, planted_arrays
 from heads.cbm.config import FitHeadConfig
@@ -248,7 +249,7 @@ def test_a_crash_while_saving_leaves_the_old_head_whole(saved_head, tmp_path, mo
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(artifact.atomic, "write_text", boom)  # dies after the weights
+    monkeypatch.setattr(weights_dir.atomic, "write_text", boom)  # dies after the weights
     with pytest.raises(OSError, match="No space left"):
         artifact.save_head(old, head, head.config)
     assert {p.name: p.read_bytes() for p in old.iterdir()} == before

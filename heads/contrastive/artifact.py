@@ -10,21 +10,16 @@ cache of another embedding model (`check_model`). Written atomically (core.atomi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from core import atomic
 from heads.contrastive.adapter import Projection
 from heads.errors import HeadCacheMismatchError, HeadFormatError
+from heads.io.weights_dir import CONFIG, WeightsDir
 from heads.transforms import FeatureTransform
 
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
 KIND = "adapter"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("arch", "in_dim", "out_dim", "hidden", "model_fingerprint")
@@ -49,71 +44,23 @@ class Adapter:
         return torch.cat(out) if out else torch.zeros((0, self.module.out_dim), device=device)
 
 
+ADAPTER_DIR = WeightsDir("adapter", "fit-adapter", FORMAT_VERSION, REQUIRED_KEYS, kind=KIND)
+
+
 def save_adapter(out_dir, module: Projection, config: dict) -> Path:
     """Write the adapter directory atomically; records the weights' sha256."""
-    out = Path(out_dir)
-    cfg = {**config, "kind": KIND, "format_version": FORMAT_VERSION}
-    missing = [k for k in REQUIRED_KEYS if k not in cfg]
-    if missing:
-        raise HeadFormatError(f"adapter config lacks {missing}; required keys: {REQUIRED_KEYS}")
-    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    with atomic.directory(out) as tmp:
-        save_file(state, tmp / WEIGHTS, metadata={"kind": KIND})
-        cfg["weights_sha256"] = atomic.sha256_file(tmp / WEIGHTS)
-        atomic.write_text(tmp / CONFIG, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    return out
-
-
-def _read_config(d: Path) -> dict:
-    try:
-        config = json.loads((d / CONFIG).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HeadFormatError(
-            f"{d / CONFIG} is not readable JSON ({e}); fit the adapter again"
-        ) from e
-    if not isinstance(config, dict) or config.get("kind") != KIND:
-        raise HeadFormatError(
-            f"{d} is not an adapter directory (config.json kind is "
-            f"{config.get('kind') if isinstance(config, dict) else None!r}, expected {KIND!r})"
-        )
-    missing = [k for k in REQUIRED_KEYS if k not in config]
-    if missing:
-        raise HeadFormatError(f"{d / CONFIG} lacks {missing}; required keys: {REQUIRED_KEYS}")
-    version = config.get("format_version", 1)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise HeadFormatError(
-            f"{d} was written in adapter format version {version!r}, newer than this toolkit "
-            f"reads ({FORMAT_VERSION}); upgrade clipcbm to load it"
-        )
-    return config
+    return ADAPTER_DIR.save(out_dir, module, config, KIND)
 
 
 def load_adapter(path, device="cpu") -> Adapter:
     """Read an adapter directory; damage (missing file, other sha256, bad shapes) is an error."""
-    d = Path(path)
-    for name in (WEIGHTS, CONFIG):
-        if not (d / name).is_file():
-            raise HeadFormatError(
-                f"{d} is not an adapter directory: {name} is missing (expected {WEIGHTS} + "
-                f"{CONFIG}, as written by `cli.py fit-adapter --out {d}`)"
-            )
-    config = _read_config(d)
-    if atomic.sha256_file(d / WEIGHTS) != config.get("weights_sha256"):
-        raise HeadFormatError(
-            f"{d / WEIGHTS} does not match the sha256 recorded in {CONFIG}: the weights are "
-            "damaged or belong to another run — fit the adapter again"
-        )
+    config = ADAPTER_DIR.read_config(path)
+    if config.get("weights_sha256") is None:
+        raise HeadFormatError(f"{path}/{CONFIG} records no weights sha256; fit the adapter again")
     module = Projection(
         int(config["in_dim"]), int(config["out_dim"]), config["arch"], int(config["hidden"])
     )
-    try:
-        module.load_state_dict(load_file(d / WEIGHTS, device="cpu"))
-    except (SafetensorError, RuntimeError, OSError) as e:
-        raise HeadFormatError(
-            f"{d / WEIGHTS} cannot be loaded as an adapter ({e}); fit it again"
-        ) from e
-    module.to(device).eval()
-    return Adapter(module, config, d)
+    return Adapter(ADAPTER_DIR.load_into(path, module, device), config, Path(path))
 
 
 def check_model(adapter: Adapter, cache) -> None:

@@ -9,28 +9,21 @@ with another fingerprint (HeadCacheMismatchError).
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from core import atomic
 from heads.cbm.model import ConceptBottleneck
 from heads.chunks import iter_chunks
 from heads.errors import HeadCacheMismatchError, HeadFormatError
 from heads.eval.evaluate import Scorer, predict
 from heads.features import TextTensors
+from heads.io.weights_dir import WeightsDir
 from heads.psi import as_float_tensor
 
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # 2: atomic directory, weights_sha256 recorded; 1: no checksum
 REQUIRED_KEYS = ("kind", "n_concepts", "n_classes", "embed_dim", "cache_fingerprint")
 
@@ -128,6 +121,9 @@ class Head:
         return torch.cat([sc.activations(x[sl]) for sl in iter_chunks(len(x))])
 
 
+HEAD_DIR = WeightsDir("head", "fit-head", FORMAT_VERSION, REQUIRED_KEYS)
+
+
 def save_head(out_dir, head: Head, config: dict) -> Path:
     """Write the head directory atomically: `model.safetensors` + `config.json`.
 
@@ -135,38 +131,7 @@ def save_head(out_dir, head: Head, config: dict) -> Path:
     crash leaves the old head or the new one, never new weights beside an old config.
     config.json records the weights' sha256 (checked on load) and the format version.
     """
-    out = Path(out_dir)
-    cfg = {**config, "kind": head.kind, "format_version": FORMAT_VERSION}
-    missing = [k for k in REQUIRED_KEYS if k not in cfg]
-    if missing:
-        raise HeadFormatError(f"head config lacks {missing}; required keys: {REQUIRED_KEYS}")
-    state = {k: v.detach().to("cpu").contiguous() for k, v in head.module.state_dict().items()}
-    with atomic.directory(out) as tmp:
-        save_file(state, tmp / WEIGHTS, metadata={"kind": head.kind})
-        cfg["weights_sha256"] = atomic.sha256_file(tmp / WEIGHTS)
-        atomic.write_text(tmp / CONFIG, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    return out
-
-
-def _read_config(d: Path) -> dict:
-    try:
-        config = json.loads((d / CONFIG).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HeadFormatError(
-            f"{d / CONFIG} is not readable JSON ({e}); the head is damaged — fit it again"
-        ) from e
-    if not isinstance(config, dict):
-        raise HeadFormatError(f"{d / CONFIG} is not a JSON object; the head is damaged")
-    missing = [k for k in REQUIRED_KEYS if k not in config]
-    if missing:
-        raise HeadFormatError(f"{d / CONFIG} lacks {missing}; required keys: {REQUIRED_KEYS}")
-    version = config.get("format_version", 1)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise HeadFormatError(
-            f"{d} was written in head format version {version!r}, newer than this version of "
-            f"the toolkit reads ({FORMAT_VERSION}); upgrade clipcbm to load it"
-        )
-    return config
+    return HEAD_DIR.save(out_dir, head.module, config, head.kind)
 
 
 def load_head(head_dir, cache=None, device="cpu") -> Head:
@@ -175,34 +140,9 @@ def load_head(head_dir, cache=None, device="cpu") -> Head:
     Damage is never used silently: a missing file, unreadable config, weights whose sha256
     differs from the one recorded, or a state dict of the wrong shapes is a HeadFormatError.
     """
-    d = Path(head_dir)
-    if atomic.recover(d):
-        log.warning("%s: restored the previous head (a replacing fit-head was interrupted)", d)
-    if not d.is_dir():
-        raise HeadFormatError(
-            f"head directory {d} does not exist; pass the --out directory of a `fit-head` run"
-        )
-    for name in (WEIGHTS, CONFIG):
-        if not (d / name).is_file():
-            raise HeadFormatError(
-                f"{d} is not a head directory: {name} is missing (expected {WEIGHTS} + {CONFIG}, "
-                "as written by `cli.py fit-head`)"
-            )
-    config = _read_config(d)
-    want = config.get("weights_sha256")
-    if want is not None and atomic.sha256_file(d / WEIGHTS) != want:
-        raise HeadFormatError(
-            f"{d / WEIGHTS} does not match the sha256 recorded in {CONFIG}: the weights are "
-            "damaged or belong to another run — fit the head again"
-        )
+    config = HEAD_DIR.read_config(head_dir)
     if cache is not None:
         check_cache(config, cache)
-    module = build_module(config)
-    try:
-        module.load_state_dict(load_file(d / WEIGHTS, device=str(device)))
-    except (SafetensorError, RuntimeError, OSError) as e:
-        raise HeadFormatError(
-            f"{d / WEIGHTS} cannot be loaded as a {config['kind']!r} head ({e}); fit it again"
-        ) from e
-    module.to(device).eval()
+    label = f"a {config['kind']!r} head"
+    module = HEAD_DIR.load_into(head_dir, build_module(config), device, label)
     return Head(kind=config["kind"], config=config, module=module)
