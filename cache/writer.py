@@ -199,11 +199,19 @@ class CacheWriter:
             "another --out."
         )
 
+    def _creating(self) -> Path:
+        return self.store_path.with_name(f".{self.store_path.name}.creating")
+
     def _create(self) -> None:
+        """Create the empty store in a hidden sibling and rename it into place when every
+        array exists: a run killed while creating leaves nothing that blocks the retry."""
         import zarr
 
         self.store_path.parent.mkdir(parents=True, exist_ok=True)
-        group = zarr.open_group(str(self.store_path), mode="w-")
+        tmp = self._creating()
+        if tmp.exists():
+            shutil.rmtree(tmp)  # a creation killed half-way: ours by name, nothing finished
+        group = zarr.open_group(str(tmp), mode="w-")
         attrs = {
             **self.metadata,
             "format": FORMAT_NAME,
@@ -218,7 +226,8 @@ class CacheWriter:
         group.attrs.update(attrs)
         for split, plan in self.plans.items():
             self._create_split(group, split, plan)
-        self._group = group
+        os.replace(tmp, self.store_path)
+        self._group = zarr.open_group(str(self.store_path), mode="r+")
 
     def _create_split(self, group, split: str, plan: ShardPlan) -> None:
         g = group.create_group(split)

@@ -365,3 +365,21 @@ def test_explain_top_k_beyond_the_concepts_and_a_missing_head_are_clear(tmp_path
     assert res.exit_code == 2 and "more than the cache's 6 concepts" in res.output
     res = _cli("evaluate", "--cache", path, "--head", tmp_path / "nope", "--no-progress")
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_a_run_killed_while_creating_the_store_does_not_block_the_retry(tmp_path, monkeypatch):
+    real, calls = CacheWriter._create_split, []
+
+    def dies(self, group, split, plan):
+        calls.append(split)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # SIGKILL between the group and its second split
+        return real(self, group, split, plan)
+
+    monkeypatch.setattr(CacheWriter, "_create_split", dies)
+    with pytest.raises(KeyboardInterrupt):
+        write_cache(tmp_path / "c.zarr", **_arrays())
+    assert not (tmp_path / "c.zarr").exists()  # nothing half-made at the final path
+    monkeypatch.setattr(CacheWriter, "_create_split", real)
+    assert verify_cache(write_cache(tmp_path / "c.zarr", **_arrays())) == []
+    assert not list(tmp_path.glob(".c.zarr.creating"))
