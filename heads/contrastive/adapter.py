@@ -175,7 +175,7 @@ def run(cfg: FitAdapterConfig) -> AdapterResult:
         raise OutputExistsError(f"{out} exists and is not empty; pass --overwrite or another --out")
     device = resolve_device(cfg.device)
     hint = "Pass --split with one of those."
-    with open_cache(cfg.cache) as cache:
+    with open_cache(cfg.cache, verify=cfg.verify) as cache:
         split = load_split(cache, cfg.split, error=HeadDataError, hint=hint)
         if not cache.views:
             raise HeadDataError(

@@ -9,6 +9,7 @@ from pathlib import Path
 from core.config import option, validated
 from core.device import DEVICE_HELP, check_device
 from heads.errors import HeadsConfigError
+from heads.options import VERIFY_HELP
 
 # the names of heads.contrastive.losses.LOSSES / AGGREGATES (kept torch-free for the CLI)
 LOSS_NAMES = ("contrastive", "debiased-neg", "debiased-pos", "supcon")
@@ -67,6 +68,7 @@ class FitAdapterConfig:
     split: str = option("train", "Cache split to train on.")
     device: str = option("auto", DEVICE_HELP)
     progress: bool = option(True, "Show a progress bar.")
+    verify: bool = option(True, VERIFY_HELP)
     overwrite: bool = option(False, "Replace an existing non-empty adapter directory.")
 
     def __post_init__(self):
@@ -125,6 +127,7 @@ class KnnEvalConfig:
                           "faiss.", choices=KNN_BACKENDS)  # fmt: skip
     out: Path | None = option(None, "Also write the metrics as JSON to this file.")
     device: str = option("auto", DEVICE_HELP)
+    verify: bool = option(True, VERIFY_HELP)
 
     def __post_init__(self):
         object.__setattr__(self, "cache", Path(self.cache))

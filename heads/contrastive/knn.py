@@ -196,7 +196,7 @@ def run(cfg) -> KnnResult:
     device = resolve_device(cfg.device)
     if cfg.backend == "faiss" and not has_faiss():
         raise EvalInputError("--backend faiss needs `pip install faiss-cpu` (or --backend torch)")
-    with open_cache(cfg.cache) as cache:
+    with open_cache(cfg.cache, verify=cfg.verify) as cache:
         bank = load_split(cache, cfg.bank_split, hint="Pass --bank-split with one of those.")
         query = load_split(cache, cfg.query_split, hint="Pass --query-split with one of those.")
         n_classes = len(cache.classes)
