@@ -174,8 +174,15 @@ def bench_fault_injection(kills: int, tmp: Path, seed: int) -> dict:
                             "resumes": resumes, "identical": same, "detail": detail})  # fmt: skip
             print(f"  {fmt} kill at {at:5.2f} s (killed={killed}): identical={same}", flush=True)
             (shutil.rmtree if out.is_dir() else Path.unlink)(out)
+    return summarize_faults(results)
+
+
+def summarize_faults(results: list[dict]) -> dict:
     return {
         "runs": results,
+        "killed_by_format": {
+            f: sum(r["killed"] for r in results if r["format"] == f) for f in ("zarr", "hdf5")
+        },  # fmt: skip
         "kills": sum(r["killed"] for r in results),
         "identical": sum(r["identical"] for r in results),
         "total": len(results),
