@@ -15,8 +15,10 @@ from cache.commands import app as cache_app
 from heads.commands import app as heads_app
 from heads.contrastive.commands import app as contrastive_app
 from heads.sae.commands import app as sae_app
+from heads.sae.commands import set_html_renderer
 from pipeline.attribution.commands import app as attribution_app
 from pipeline.commands import app as pipeline_app
+from pipeline.sae_page import render_page
 from pipeline.text_commands import app as text_app
 
 app = typer.Typer(
@@ -32,6 +34,7 @@ app.add_typer(heads_app)
 app.add_typer(sae_app)
 app.add_typer(contrastive_app)
 app.add_typer(cache_app, name="cache")
+set_html_renderer(render_page)  # sae-inspect --html: stage two asks stage one for the page
 
 
 if __name__ == "__main__":
