@@ -106,3 +106,30 @@ def test_compare_adds_the_transform_rows(setup):
     table = (tmp / "cmp" / "results.csv").read_text()
     assert "sae-dense" in table and "sae-elastic-net" in table and "zero-shot" in table
     assert (tmp / "cmp" / "heads" / "sae-elastic-net" / "config.json").is_file()
+
+
+def test_fit_head_on_a_real_sae_names_its_latents(tmp_path):
+    """Discover-then-Name end to end: fit-sae, then a sparse final layer over its latents."""
+    path = make_planted_cache(tmp_path / "c.zarr", n_classes=4, n_concepts=12, n_train=200,
+                              n_test=80, seed=1)  # fmt: skip
+    sae = tmp_path / "sae"
+    res = runner.invoke(app, [str(a) for a in [
+        "fit-sae", "--cache", path, "--expansion", "2", "--k", "4", "--max-steps", "60",
+        "--out", sae, "--no-progress", "--device", "cpu"]])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    head = tmp_path / "head"
+    res = runner.invoke(app, [str(a) for a in [
+        "fit-head", "--cache", path, "--features", "sae", "--sae", sae, "--final-layer",
+        "elastic-net", "--nec", "3", "--out", head, "--no-progress", "--device",
+        "cpu"]])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    with open_cache(path) as c:
+        h = load_head(head, c)
+        assert h.config["transform"]["kind"] == "sae"
+        assert h.config["transform"]["n_features"] == 2 * c.embed_dim
+        h.scorer(c)
+        names = h.feature_names  # the SAE's latent names (nearest text embedding)
+    ex = runner.invoke(app, ["explain", "--cache", str(path), "--head", str(head), "--index",
+                             "0", "--top-k", "3", "--out", str(tmp_path / "ex.png")])  # fmt: skip
+    assert ex.exit_code == 0, ex.output
+    assert names and any(n in ex.output for n in names)  # rows are named latents
