@@ -14,6 +14,7 @@ from core.config import option, validated
 from core.device import DEVICE_HELP, check_device
 from heads.chunks import CHUNK_ROWS
 from heads.errors import HeadsConfigError
+from heads.options import VERIFY_HELP
 
 SELECTIONS = ("topk", "batchtopk")  # heads.sae.model.PATTERNS
 SELECT_DTYPES = ("auto", "fp32", "bf16")
@@ -87,6 +88,7 @@ class FitSaeConfig:
                                 "(default: the cache's concepts and classes).")  # fmt: skip
     chunk_size: int = option(CHUNK_ROWS, CHUNK_HELP)
     device: str = option("auto", DEVICE_HELP)
+    verify: bool = option(True, VERIFY_HELP)
     progress: bool = option(True, "Show the progress bar (loss, FVU, dead latents).")
     overwrite: bool = option(False, "Replace an existing non-empty SAE directory.")
 
@@ -134,6 +136,7 @@ class SaeEvalConfig:
     out: Path | None = option(None, "Output directory (default: runs/sae-eval/<sae-name>).")
     chunk_size: int = option(CHUNK_ROWS, CHUNK_HELP)
     device: str = option("auto", DEVICE_HELP)
+    verify: bool = option(True, VERIFY_HELP)
     progress: bool = option(True, "Show progress bars.")
 
     def __post_init__(self):
@@ -174,6 +177,7 @@ class SaeInspectConfig:
     seed: int = option(0, "k-means seed.")
     chunk_size: int = option(CHUNK_ROWS, CHUNK_HELP)
     device: str = option("auto", DEVICE_HELP)
+    verify: bool = option(True, VERIFY_HELP)
 
     def __post_init__(self):
         _paths(self, "sae", "cache", "vocab", "html", "out")

@@ -57,7 +57,7 @@ class SaeEvalResult:
 def run_sae_eval(cfg: SaeEvalConfig) -> SaeEvalResult:
     device = resolve_device(cfg.device)
     sae, sae_cfg = load_sae(cfg.sae, device)
-    with open_cache(cfg.cache) as cache:
+    with open_cache(cfg.cache, verify=cfg.verify) as cache:
         check_model(sae_cfg, cache)
         held = load_heldout(cache, cfg.split)
         scorers = {"zero_shot": zero_shot_scorer(TextTensors.from_cache(cache, device))}

@@ -240,7 +240,7 @@ def _queries(cfg, sae, names, alive) -> tuple[list[int], list[str]]:
 def run_sae_inspect(cfg: SaeInspectConfig) -> InspectResult:
     device = resolve_device(cfg.device)
     sae, sae_cfg = load_sae(cfg.sae, device)
-    with open_cache(cfg.cache) as cache:
+    with open_cache(cfg.cache, verify=cfg.verify) as cache:
         check_model(sae_cfg, cache)
         names = _names(cfg, sae, sae_cfg, sae_cfg["clipcbm"]["model_fingerprint"])
         alive = alive_mask(names, sae.n_latents)

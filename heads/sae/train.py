@@ -228,7 +228,7 @@ def run(cfg: FitSaeConfig) -> FitSaeResult:
     device = resolve_device(cfg.device)
     out = _prepare_out(cfg)
     select_dtype = resolve_select_dtype(cfg.select_dtype, device)
-    with open_cache(cfg.cache) as cache:
+    with open_cache(cfg.cache, verify=cfg.verify) as cache:
         _check_sizes(cfg, int(cache.embed_dim))
         if cfg.train_split not in cache.splits:
             raise HeadsConfigError(f"split {cfg.train_split!r} is not in cache {cache.path}; it "
