@@ -241,7 +241,7 @@ if [[ $QUICK == 1 ]]; then
     CMS=(--n 2000 --concepts 200 --classes 20 --normalize none)
     LIMITS=(60 60 60 60 60 60)
     ATTR=(--dry-run)
-    SAE=(--dry-run)
+    SAE=(--quick)
     COMPILE_BACKEND=${GPU_SUITE_COMPILE_BACKEND:-eager} # dynamo only: no C++ build on a CPU
 else
     EMBED=(--arch vit-l-14 --dtype fp16 --images "$EMBED_IMAGES" --e2e-small "$EMBED_SMALL" --batch 256 --iters 20)
