@@ -45,7 +45,7 @@ def synthetic(n: int, e: int, device, seed: int = 0, n_atoms: int = 8192, active
         m = min(16384, n - s)
         idx = torch.randint(0, n_atoms, (m, active), generator=g, device=device)
         w = torch.empty(m, active, 1, device=device).exponential_(generator=g) * 0.35
-        x = mu + (atoms[idx] * w).sum(1) + 0.05 * torch.randn(m, e, generator=g, device=device)
+        x = mu + (atoms[idx] * w).sum(1) + 0.01 * torch.randn(m, e, generator=g, device=device)
         out[s : s + m] = (x / x.norm(dim=1, keepdim=True)).half()
     return out
 
