@@ -4,8 +4,9 @@ Whole arrays are loaded in one call per split (single-row reads from Zarr cost m
 An incomplete cache is refused unless `allow_incomplete=True`. Every array read is checked
 against the sha256 recorded per shard when it was written (`verify=False` skips it, for users
 who ran `cache verify` once): a damaged cache is an error naming the array and the shard, never
-silently used. Hashing costs far less than the matmuls that follow
-(`benchmarks/checked_reads.py`).
+silently used. Hashing is not free: on the shared 2-core CPU a checked read of a
+200,000 x 768 fp16 split took 2-3x the unchecked read, about as long as the zero-shot matmul
+that follows (`benchmarks/reliability.py`, README "Nothing wrong is used silently").
 """
 
 from __future__ import annotations
@@ -57,9 +58,7 @@ class Cache:
         self.path = Path(path)
         self.verify = verify
         if not self.path.exists():
-            raise CacheError(
-                f"no cache at {self.path}: run `python cli.py embed --out {self.path}` first"
-            )
+            raise _missing(self.path)
         self._b = Backend(self.path)
         self.format = self._b.format
         self.metadata = self._b.attrs()
@@ -68,9 +67,12 @@ class Cache:
                 f"{self.path} is not an embedding cache (no '{FORMAT_NAME}' format tag)"
             )
         if not self.metadata.get("complete") and not allow_incomplete:
+            from .verify import progress_note
+
             raise IncompleteCacheError(
-                f"{self.path} is incomplete (a run was interrupted or is still writing). Re-run "
-                "the same `cli.py embed` command to resume it (allow_incomplete=True to inspect)."
+                f"{self.path} is incomplete ({progress_note(self.path)}; a run was interrupted "
+                "or is still writing). Re-run the same `cli.py embed` command to finish it "
+                f"(`cli.py cache info {self.path}` shows its progress)."
             )
 
     def __enter__(self) -> Cache:
@@ -183,10 +185,31 @@ class Cache:
         return [s.split(CLASS_SEP) if s else [] for s in self._text("concept_classes")]
 
     def concept_emb(self) -> np.ndarray:
-        return self.read(TEXT_GROUP, "concept_emb").astype(np.float32)
+        return self._text_emb("concept_emb", lambda: self.concepts)
 
     def class_emb(self) -> np.ndarray:
-        return self.read(TEXT_GROUP, "class_emb").astype(np.float32)
+        return self._text_emb("class_emb", lambda: self.classes)
+
+    def _text_emb(self, name: str, names) -> np.ndarray:
+        """text/`name` as float32, refused when a row holds NaN/inf, with or without `verify`:
+        a head fitted on it has NaN weights and every score is empty. The one check of every
+        stage-two read of text embeddings; cheap (|D| x E)."""
+        emb = self.read(TEXT_GROUP, name).astype(np.float32)
+        finite = np.isfinite(emb.reshape(len(emb), -1))
+        bad = np.flatnonzero(~finite.all(axis=1))
+        if bad.size:
+            i, row = int(bad[0]), emb[int(bad[0])]
+            kinds = " and ".join(k for k, m in (("NaN", np.isnan(row)), ("inf", np.isinf(row)))
+                                 if m.any())  # fmt: skip
+            labels = names()
+            label = f" ({labels[i]!r})" if len(labels) == len(emb) else ""
+            more = f", {bad.size} of {len(emb)} rows in all" if bad.size > 1 else ""
+            raise CacheCorruptError(
+                f"{TEXT_GROUP}/{name} row {i}{label} holds non-finite values ({kinds}{more}); the "
+                f"cache {self.path} is damaged (--no-verify does not skip this check) — re-run "
+                f"`cli.py embed ... --out {self.path} --overwrite`"
+            )
+        return emb
 
     def split_attrs(self, name: str) -> dict:
         self._check_split(name)
@@ -223,6 +246,20 @@ class Cache:
                 "--views V --augment simclr`"
             )
         return self.read(name, VIEW_ARRAY).astype(np.float32)
+
+
+def _missing(path: Path) -> CacheError:
+    """No cache at `path`: an HDF5 run still in progress (its staging store exists) or none."""
+    from .verify import _staging, progress_note
+
+    staged = _staging(path)
+    if staged is None:
+        return CacheError(f"no cache at {path}: run `python cli.py embed --out {path}` first")
+    return IncompleteCacheError(
+        f"{path} is an HDF5 cache still in progress ({progress_note(staged)}, staged in "
+        f"{staged}; a run was interrupted or is still writing). Re-run the same `cli.py embed "
+        f"... --out {path}` command to finish it (`cli.py cache info {path}` shows its progress)."
+    )
 
 
 def open_cache(path: str | Path, allow_incomplete: bool = False, verify: bool = True) -> Cache:

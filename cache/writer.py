@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import Backend, encode_h5_attr, format_of
-from .errors import CacheError, CacheExistsError, CacheWriteError
+from .errors import CacheConfigError, CacheError, CacheExistsError, CacheWriteError
 from .layout import (
     CLASS_SEP,
     DEFAULT_CHUNK_ROWS,
@@ -147,6 +147,7 @@ class CacheWriter:
     # -- lifecycle ---------------------------------------------------------------------------
     def prepare(self, overwrite: bool = False) -> str:
         """Returns 'complete' (nothing to do), 'resume' or 'new'. Run on one process only."""
+        self._check_out_path()
         stale = self.path.with_name(self.path.name + ".tmp")
         if self.format == "hdf5" and stale.is_file():
             stale.unlink()  # an HDF5 export killed half-way: ours by name, holds only space
@@ -167,6 +168,26 @@ class CacheWriter:
         with disk_errors(self.store_path, "a new cache"):
             self._create()
         return "new"
+
+    def _check_out_path(self) -> None:
+        """Refuse an --out that can never be written (its folder is a file; a directory where
+        the HDF5 file goes); an empty directory is a fresh zarr output (removed, then created)."""
+        parent = next((p for p in self.path.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            which = "the parent" if parent == self.path.parent else "a parent folder"
+            raise CacheConfigError(
+                f"{which} of --out, {parent}, is a file, not a directory; choose an --out "
+                "inside a directory (or move that file away)"
+            )
+        empty_dir = self.path.is_dir() and not any(self.path.iterdir())
+        if self.format == "hdf5" and self.path.is_dir():
+            raise CacheConfigError(
+                f"--out {self.path} is {'an empty' if empty_dir else 'a'} directory, but an "
+                f"HDF5 cache is one file: give a file path such as {self.path / 'cache.h5'}, "
+                "or a directory --out without .h5 for a zarr cache"
+            )
+        if self.format == "zarr" and empty_dir:
+            self.path.rmdir()  # an empty directory is a fresh output: _create renames into it
 
     def attach(self) -> None:
         import zarr

@@ -10,6 +10,7 @@ anything else keeps its traceback (a bug, an out-of-memory).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import inspect
@@ -24,6 +25,7 @@ import typer
 
 from core.config import choices_of, flag_of
 from core.errors import ClipCbmError
+from core.outputs import locked, output_of
 
 NOISY_LOGGERS = ("httpx", "urllib3", "filelock", "huggingface_hub")
 
@@ -143,7 +145,9 @@ def config_command(
         def go():
             cfg = config_cls(**values)
             run_fn, render_fn = lazy()
-            result = run_fn(cfg)
+            out = output_of(cfg)  # one writer per output: held for the whole run
+            with locked(out) if out is not None else contextlib.nullcontext():
+                result = run_fn(cfg)
             text = render_fn(cfg, result)
             if text:
                 typer.echo(text)

@@ -23,7 +23,7 @@ evaluation path (`heads.eval.evaluate`). Methods (a registry; `--method` picks a
                               concepts, the concepts explain nothing
 
 Writes `results.csv`, `results.md` (columns method, top1, top5, acc_nec5, act_sparsity, nec,
-seconds, val_top1) and `results.png` (test top-1 against NEC and against sparsity) to `--out`
+seconds, val_top1) and `results.png` (one row per method: test top-1, NEC and sparsity) to `--out`
 (default runs/compare/<cache-stem>); head directories under `<out>/heads/`.
 """
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ import torch
 from cache import open_cache
 from core import atomic
 from core.device import resolve_device
+from core.outputs import Ownership, check_output_path, check_replaceable
 from heads.baselines.cms import cms_predict
 from heads.baselines.lfcbm import fit_label_free_cbm
 from heads.cbm.config import FitHeadConfig
@@ -55,6 +57,7 @@ from heads.eval.metrics import classification_metrics, ranked
 from heads.eval.plots import new_figure, save_figure
 from heads.features import TextTensors
 from heads.io.data import checked_transform, load_data
+from heads.io.output import removed_on_write_error, result_files
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +138,25 @@ def _fit_method(cfg, name, method, cache, data, device) -> tuple[dict, dict]:
     return metrics["test"], metrics["val"]
 
 
+# what `--overwrite` may replace (core.outputs): a folder compare wrote, holding only its files
+OWNERSHIP = Ownership(
+    "a compare directory", "compare",
+    lambda d: (d / "results.csv").is_file() or (d / "heads").is_dir(),
+    frozenset({"results.csv", "results.md", "results.png", "heads"}),
+)  # fmt: skip
+
+
 def run_compare(cfg: CompareConfig) -> CompareResult:
     """Fit / score every method of cfg.methods; write the table, markdown and figure."""
-    device = resolve_device(cfg.device)
     out = cfg.out_dir()
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise OutputExistsError(f"{out} exists and is not empty; pass --overwrite or another --out")
+    check_replaceable(check_output_path(out), OWNERSHIP, overwrite=cfg.overwrite,
+                      exists_error=OutputExistsError)  # fmt: skip
+    with removed_on_write_error(out):  # a full disk at the 3rd head leaves no half comparison
+        return _run_compare(cfg, out)
+
+
+def _run_compare(cfg: CompareConfig, out: Path) -> CompareResult:
+    device = resolve_device(cfg.device)
     rows = []
     with open_cache(cfg.cache, verify=cfg.verify) as cache:
         data = load_data(cache, FitHeadConfig(cache=cfg.cache, seed=cfg.seed,
@@ -189,33 +205,63 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+PLOT_PANELS = (  # (column, x label, scale to the axis unit, log x axis, fixed x range)
+    ("top1", "test top-1 %", 100.0, False, None),
+    ("nec", "NEC (non-zero weights per class)", 1.0, True, None),
+    ("act_sparsity", "activation sparsity %", 100.0, False, (-2.0, 112.0)),  # room for text
+)
+PLOT_LABEL_CHARS = 22  # longer method names wrap onto a second line
+
+
 def _plot(table: pd.DataFrame, path: Path, title: str) -> Path:
-    fig, (ax1, ax2) = new_figure((10, 4), ncols=2)
-    for ax, col, label in ((ax1, "nec", "NEC (non-zero weights per class)"),
-                           (ax2, "act_sparsity", "activation sparsity")):  # fmt: skip
-        for _, r in table.iterrows():
-            xv = r[col]
-            if xv is None or (isinstance(xv, float) and math.isnan(xv)):
-                ax.axhline(100 * r["top1"], color="0.7", linewidth=0.8, linestyle="--")
-                ax.annotate(r["method"], (0.01, 100 * r["top1"]), xycoords=("axes fraction",
-                            "data"), fontsize=7, color="0.4")  # fmt: skip
-                continue
-            ax.scatter([xv], [100 * r["top1"]])
-            ax.annotate(r["method"], (xv, 100 * r["top1"]), fontsize=7)
-        ax.set_xlabel(label)
-        ax.set_ylabel("test top-1 %")
-    ax1.set_xscale("log")
+    """One row per method (the y axis carries the names, top to bottom in table order) and one
+    panel per measure: test top-1, NEC (log) and activation sparsity, each value written beside
+    its dot; a method without the measure shows "n/a". The height grows with the row count, so
+    labels never overlap."""
+    names = [textwrap.fill(str(m), PLOT_LABEL_CHARS) for m in table["method"]]
+    lines = max((name.count("\n") + 1 for name in names), default=1)
+    row_inches = max(0.34, 0.15 * lines + 0.1)  # a wrapped name needs a taller row
+    fig, axes = new_figure((11, 1.1 + row_inches * max(len(table), 1)), ncols=len(PLOT_PANELS))
+    y = list(range(len(table)))[::-1]
+    for ax, (col, label, scale, log_x, xlim) in zip(axes, PLOT_PANELS, strict=True):
+        values = [None if _missing(v) else scale * float(v) for v in table[col]]
+        shown = [(yi, v) for yi, v in zip(y, values, strict=True) if v is not None]
+        if log_x:
+            ax.set_xscale("log")
+        if shown:
+            ax.scatter([v for _, v in shown], [yi for yi, _ in shown], s=18, zorder=3)
+        for yi, v in zip(y, values, strict=True):
+            if v is None:
+                at = {"xy": (0.02, yi), "xycoords": ("axes fraction", "data"), "text": "n/a"}
+            else:
+                at = {"xy": (v, yi), "text": f"{v:.0f}" if log_x and v >= 100 else f"{v:.1f}"}
+            ax.annotate(**at, xytext=(4, 0), textcoords="offset points", va="center",
+                        fontsize=7, color="0.25")  # fmt: skip
+        ax.set_yticks(y, names if ax is axes[0] else [""] * len(y), fontsize=8)
+        ax.set_ylim(-0.6, len(table) - 0.4)
+        ax.grid(axis="y", color="0.9", linewidth=0.6)
+        if xlim is not None:
+            ax.set_xlim(*xlim)
+        else:
+            ax.margins(x=0.18)  # room for the value written right of the last dot
+        ax.set_xlabel(label, fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path, dpi=110)
 
 
 def write_tables(table: pd.DataFrame, out: Path, cache_path) -> dict:
-    files = {
-        "csv": atomic.write_text(out / "results.csv", table.to_csv(index=False)),
-        "md": atomic.write_text(out / "results.md", markdown(table)),
-    }
-    files["png"] = _plot(table, out / "results.png", f"compare on {Path(cache_path).name}")
-    return files
+    with result_files(out, "the compare table") as stage:  # all three files, or none
+        files = {
+            "csv": atomic.write_text(stage / "results.csv", table.to_csv(index=False)),
+            "md": atomic.write_text(stage / "results.md", markdown(table)),
+        }
+        files["png"] = _plot(table, stage / "results.png", f"compare on {Path(cache_path).name}")
+    return stage.final(files)
 
 
 def describe(cfg: CompareConfig, result: CompareResult) -> str:

@@ -36,3 +36,11 @@ class HeadFormatError(HeadsError, ValueError):
 
 class OutputExistsError(HeadsError, FileExistsError):
     """The output directory exists and is not empty (pass --overwrite or another --out)."""
+
+
+class OutputWriteError(HeadsError, OSError):
+    """Writing an output failed (full disk, quota, permissions); nothing of it was left behind."""
+
+
+class InsufficientMemoryError(HeadsError, MemoryError):
+    """A computation would need more memory than the device has free (checked before it runs)."""

@@ -48,6 +48,8 @@ class EmbedConfig:
     compile: bool = option(False, "torch.compile the vision tower.")
     templates: str = option("default", "Class prompt templates: default | bare | imagenet80 | "
                             "path to a file.")  # fmt: skip
+    truncate: bool = option(False, "Cut concepts and class prompts longer than the model's "
+                            "context (77 tokens for CLIP) instead of failing.")  # fmt: skip
     shard_rows: int = option(65536, "Rows per shard (unit of work, resume and rank ownership).")
     chunk_rows: int = option(4096, "Rows per chunk (unit a reader decodes).")
     jpeg_draft: bool = option(False, "Decode big JPEGs at reduced DCT scale (faster, not "

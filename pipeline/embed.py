@@ -17,16 +17,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from cache import CacheWriter, sha256_lines
 from core.device import resolve_device
+from core.outputs import check_output_path, locked
+from core.progress import bar as progress_bar
 
 from .concepts.io import read_concept_file
 from .config import EmbedConfig
 from .datasets import UnreadableImageError, build_dataset
 from .distributed import DistContext
-from .encoder import DTYPES, ClipEncoder, resolve_dtype
+from .encoder import DTYPES, ClipEncoder, check_texts, load_tokenizer, resolve_dtype
 from .preprocess import PreprocessSpec, crop_uint8, normalize_batch
 from .prompts import load_templates
 
@@ -175,6 +176,8 @@ def _describe(cfg, datasets, concepts, templates, model, spec, dtype) -> tuple[d
     }
     if cfg.views:  # only then: caches without views keep their fingerprint
         identity["views"] = {"n": cfg.views, "augment": cfg.augment, "seed": cfg.seed}
+    if cfg.truncate:  # cut texts embed differently; caches without it keep their fingerprint
+        identity["truncate"] = True
     metadata = {
         "model": model,
         "embed_dim": model["embed_dim"],
@@ -277,14 +280,17 @@ def _embed_split(writer, split, ds, enc, spec, cfg, dist, bar) -> int:
 
 
 def run(cfg: EmbedConfig) -> EmbedResult:
-    """Embed every split of `cfg.dataset` into `cfg.out`; resumes an interrupted run."""
-    dist = DistContext.from_env()
-    device = dist.device_for(resolve_device(cfg.device))
-    dist.init(device)
-    try:
-        return _run(cfg, dist, device)
-    finally:
-        dist.close()
+    """Embed every split of `cfg.dataset` into `cfg.out`; resumes an interrupted run. One run
+    per output: the output is locked for the run (core.outputs; under torchrun rank 0 holds the
+    lock for the job), so a second run on the same --out exits 2 naming the holder."""
+    with locked(check_output_path(cfg.out)):
+        dist = DistContext.from_env()
+        device = dist.device_for(resolve_device(cfg.device))
+        dist.init(device)
+        try:
+            return _run(cfg, dist, device)
+        finally:
+            dist.close()
 
 
 def _run(cfg: EmbedConfig, dist: DistContext, device: torch.device) -> EmbedResult:
@@ -294,6 +300,10 @@ def _run(cfg: EmbedConfig, dist: DistContext, device: torch.device) -> EmbedResu
     templates = load_templates(cfg.templates)
     model, spec = _model_info(cfg)
     dtype = resolve_dtype(cfg.dtype, device)
+    if dist.is_main:  # too-long texts: refused before the cache is created or an image embedded
+        tokenizer, context = load_tokenizer(cfg.model, cfg.revision)
+        check_texts(tokenizer, context, concepts.concepts, datasets[cfg.splits[0]].classes,
+                    templates, cfg.truncate)  # fmt: skip
     identity, metadata = _describe(cfg, datasets, concepts, templates, model, spec, dtype)
     metadata["device"] = {"requested": cfg.device, "resolved": str(device), "world": dist.world}
     writer = CacheWriter(
@@ -342,11 +352,11 @@ def _run(cfg: EmbedConfig, dist: DistContext, device: torch.device) -> EmbedResu
         for k in writer.pending_shards(s, dist.rank, dist.world)
     )
     t1 = time.perf_counter()
-    with tqdm(
+    with progress_bar(
         total=todo,
         unit="img",
         desc=f"embed rank {dist.rank}",
-        disable=not cfg.progress,
+        enabled=cfg.progress,
         dynamic_ncols=True,
     ) as bar:
         done = sum(

@@ -9,6 +9,7 @@ normalised text embeddings.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,44 @@ DTYPES = {name: getattr(torch, t) for name, t in DTYPE_TORCH_NAMES.items()}
 
 class EncoderError(PipelineError, RuntimeError):
     """The model could not be loaded or is not a CLIP-family model."""
+
+
+class TextTooLongError(PipelineError, ValueError):
+    """A text with more tokens than the text tower's context, and no --truncate."""
+
+
+def check_context(
+    texts: Sequence[str],
+    counts: Sequence[int],
+    max_len: int,
+    *,
+    truncate: bool,
+    what: Callable[[int], str] = lambda i: "text",
+) -> list[int]:
+    """The one rule for texts longer than the model's context (`embed`, `attribute`).
+
+    counts[i]: tokens of texts[i] with BOS and EOS, uncut. Returns the indices of the texts over
+    `max_len` (the caller cuts them: the first max_len - 1 tokens and EOS); unless `truncate`,
+    the first of them is a TextTooLongError naming it (`what(i)`), its token count and the limit.
+    """
+    long = [i for i, n in enumerate(counts) if n > max_len]
+    if long and not truncate:
+        i = long[0]
+        shown = repr(texts[i][:60]) + ("..." if len(texts[i]) > 60 else "")
+        n = len(long) - 1
+        more = f"; {n} more text{'s are' if n > 1 else ' is'} too long" if n else ""
+        raise TextTooLongError(
+            f"{what(i)} {shown} has {counts[i]} tokens, more than the model's context of "
+            f"{max_len}; shorten it or pass --truncate (keeps the first {max_len - 1} tokens and "
+            f"EOS){more}"
+        )
+    return long
+
+
+def class_prompts(classes: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """Every template filled with every class name, class-major (what the class embeddings
+    average)."""
+    return [t.format(c) for c in classes for t in templates]
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -101,6 +140,11 @@ class ClipEncoder:
         return int(self.model.config.projection_dim)
 
     @property
+    def context_length(self) -> int:
+        """Most tokens (BOS and EOS included) the text tower reads."""
+        return int(self.model.config.text_config.max_position_embeddings)
+
+    @property
     def commit(self) -> str | None:
         return getattr(self.model.config, "_commit_hash", None)
 
@@ -114,7 +158,7 @@ class ClipEncoder:
     def encode_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
         """list of n strings -> (n, E) fp32 unit rows on CPU."""
         out = []
-        max_len = int(self.model.config.text_config.max_position_embeddings)
+        max_len = self.context_length
         for i in range(0, len(texts), batch_size):
             tok = self.tokenizer(
                 texts[i : i + batch_size],
@@ -129,8 +173,65 @@ class ClipEncoder:
             return torch.zeros(0, self.embed_dim)
         return torch.cat(out)
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text with BOS and EOS, uncut."""
+        return token_counts(self.tokenizer, texts)
+
+    def check_texts(
+        self, concepts: list[str], classes: list[str], templates: list[str], truncate: bool
+    ) -> int:
+        """`check_texts` with this encoder's tokenizer and context."""
+        return check_texts(self.tokenizer, self.context_length, concepts, classes, templates,
+                           truncate)  # fmt: skip
+
     def encode_class_names(self, classes: list[str], templates: list[str]) -> torch.Tensor:
         """(|C|, E): normalised mean over templates of normalised text embeddings (SPEC §1)."""
-        texts = [t.format(c) for c in classes for t in templates]
+        texts = class_prompts(classes, templates)
         emb = self.encode_text(texts).view(len(classes), len(templates), -1).mean(dim=1)
         return unit_rows(emb)[0]
+
+
+def token_counts(tokenizer, texts: Sequence[str]) -> list[int]:
+    """Tokens of each text with BOS and EOS, uncut."""
+    if not texts:
+        return []
+    return [len(ids) for ids in tokenizer(list(texts), verbose=False)["input_ids"]]
+
+
+def load_tokenizer(model_id: str, revision: str | None = None):
+    """(tokenizer, context length) of a CLIP model without its weights: `embed` checks its texts
+    with them before it creates the cache or embeds any image."""
+    from transformers import AutoTokenizer, CLIPConfig
+
+    from .hub import pretrained_kwargs
+
+    kw = pretrained_kwargs(model_id, revision)
+    try:
+        config = CLIPConfig.from_pretrained(model_id, revision=revision, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision, **kw)
+    except (OSError, ValueError) as e:
+        raise EncoderError(f"could not load the tokenizer of {model_id!r}: {e}") from e
+    return tokenizer, int(config.text_config.max_position_embeddings)
+
+
+def check_texts(tokenizer, max_len: int, concepts: list[str], classes: list[str],
+                templates: list[str], truncate: bool) -> int:  # fmt: skip
+    """Refuse (TextTooLongError) a concept or class prompt longer than the context, unless
+    `truncate`: then warn how many `encode_text` cuts. Tokenizes only. Returns the number cut."""
+    cut = len(check_context(concepts, token_counts(tokenizer, concepts), max_len,
+                            truncate=truncate, what=lambda i: f"concept {i}"))  # fmt: skip
+    prompts = class_prompts(classes, templates)
+    n_t = max(1, len(templates))
+
+    def prompt(k: int) -> str:
+        return f"class prompt {k} (class {classes[k // n_t]!r}, template {k % n_t})"
+
+    cut += len(check_context(prompts, token_counts(tokenizer, prompts), max_len,
+                             truncate=truncate, what=prompt))  # fmt: skip
+    if cut:
+        log.warning(
+            "--truncate: %d text(s) (concepts, class prompts) are longer than the model's "
+            "context of %d tokens and were cut to it (the first %d tokens and EOS)",
+            cut, max_len, max_len - 1,
+        )  # fmt: skip
+    return cut

@@ -60,9 +60,12 @@ def _cached(model: str, revision: str | None) -> bool:
     return isinstance(hit, str)
 
 
-def pretrained_kwargs(model: str, revision: str | None = None) -> dict:
+def pretrained_kwargs(
+    model: str, revision: str | None = None, flag: str = "--model /path/to/clip"
+) -> dict:
     """Extra `from_pretrained` kwargs for `model` ({} or {"local_files_only": True}), or a
-    ModelUnavailableError naming what to do when it cannot be loaded."""
+    ModelUnavailableError naming what to do when it cannot be loaded (`flag`: the option and
+    an example value the message suggests, e.g. "--sim-model /path/to/model")."""
     if Path(model).expanduser().is_dir():
         return {}
     if model.startswith(("/", "./", "../", "~")):
@@ -80,6 +83,6 @@ def pretrained_kwargs(model: str, revision: str | None = None) -> dict:
         return {"local_files_only": True}
     raise ModelUnavailableError(
         f"cannot load model {model!r}: {why} and it is not in the local Hugging Face cache. "
-        "Pass --model /path/to/clip (a directory written by save_pretrained), or run once "
+        f"Pass {flag} (a directory written by save_pretrained), or run once "
         "with network access to cache it."
     )

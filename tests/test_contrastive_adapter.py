@@ -223,12 +223,6 @@ def test_knn_eval_config_errors():
 
 
 def test_fit_head_reads_adapter_features(views_cache, tmp_path):
-    from dataclasses import fields
-
-    from heads.cbm.config import FitHeadConfig
-
-    if "adapter" not in {f.name for f in fields(FitHeadConfig)}:
-        pytest.skip("fit-head --features adapter is not wired yet")
     out = tmp_path / "ad"
     assert runner.invoke(app, fit_args(views_cache, out)).exit_code == 0
     head = tmp_path / "head"
@@ -255,5 +249,5 @@ def test_commands_on_a_cache_from_embed(tiny_clip_dir, tmp_path):
     out = tmp_path / "ad"
     res = runner.invoke(app, fit_args(cache, out, "--positives", "2", "--batch-size", "6"))
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["knn-eval", "--cache", str(cache), "--adapter", str(out)])
+    res = runner.invoke(app, ["knn-eval", "--cache", str(cache), "--adapter", str(out), "--k", "5"])
     assert res.exit_code == 0 and "weighted" in res.output, res.output

@@ -182,3 +182,26 @@ def test_debiased_pos_guard_when_numerator_is_not_positive():
 def test_bad_inputs_are_clear_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call(unit_views(4, 2))
+
+
+def test_anchors_without_a_positive_are_left_out_of_the_mean_not_counted_as_zero():
+    """Issue 18 item 6. Through LOSSES every anchor has a positive (its other views), also for a
+    singleton label; the per-anchor mean leaves out anchors that have none instead of
+    averaging in a 0 (what `clamp_min(1)` alone did)."""
+    from heads.contrastive.losses import _anchor_mean, _masks, _supcon
+
+    torch.manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(6, 5), dim=1)
+    labels = torch.tensor([0, 0, 1, 1, 1, 2])  # label 2: a singleton
+    ids = torch.arange(6)  # one view per image: the singleton's anchor has no positive
+    pos, neg = _masks(ids, labels, supervised=True)
+    assert not pos[5].any() and pos[:5].any(1).all()
+    per = _supcon(z, pos, neg, 0.5, 0.1)
+    got = _anchor_mean(per, pos)
+    assert torch.allclose(got, per[:5].mean()) and not torch.allclose(got, per.mean())
+    with pytest.raises(ValueError, match="no anchor"):
+        _anchor_mean(per, torch.zeros_like(pos))
+    # the public loss with a singleton label: finite, and every anchor has its other view
+    views = torch.nn.functional.normalize(torch.randn(6, 2, 5), dim=2)
+    out = LOSSES["supcon"](views, t=0.5, tau_plus=0.1, aggregate="pos-grouping", labels=labels)
+    assert torch.isfinite(out)

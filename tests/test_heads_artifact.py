@@ -65,8 +65,12 @@ def test_not_a_head_directory(tmp_path):
 def test_refuses_a_non_empty_out_dir(cache_path, tmp_path):
     (tmp_path / "h").mkdir()
     (tmp_path / "h" / "keep.txt").write_text("x")
-    with pytest.raises(FileExistsError, match="not empty.*--overwrite"):
+    with pytest.raises(FileExistsError, match="is not a head directory.*nothing was deleted"):
         run(FitHeadConfig(cache=cache_path, out=tmp_path / "h", loss="l1", **FAST))
+    with pytest.raises(FileExistsError, match="is not a head directory"):  # not even then
+        run(FitHeadConfig(cache=cache_path, out=tmp_path / "h", loss="l1", overwrite=True,
+                          **FAST))  # fmt: skip
+    assert (tmp_path / "h" / "keep.txt").read_text() == "x"
 
 
 def _write(path, **replace):

@@ -26,7 +26,7 @@ CONCEPTS = [f"concept {i}" for i in range(6)]
 CLASSES = ["cat", "dog", "bird"]
 
 
-def _arrays(n_train=64, n_test=32, seed=0, e=8, **extra):
+def _arrays(n_train=64, n_test=32, seed=0, e=8, n_concepts=len(CONCEPTS), **extra):
     rng = np.random.default_rng(seed)
     return {
         "splits": {
@@ -39,9 +39,9 @@ def _arrays(n_train=64, n_test=32, seed=0, e=8, **extra):
                 "labels": rng.integers(0, 3, n_test),
             },
         },  # fmt: skip
-        "concepts": CONCEPTS,
+        "concepts": [f"concept {i}" for i in range(n_concepts)],
         "classes": CLASSES,
-        "concept_emb": rng.normal(size=(len(CONCEPTS), e)),
+        "concept_emb": rng.normal(size=(n_concepts, e)),
         "class_emb": rng.normal(size=(len(CLASSES), e)),
         "shard_rows": 16,
         "chunk_rows": 8,

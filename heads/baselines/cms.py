@@ -33,8 +33,8 @@ from functools import cached_property
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from core.progress import bar as progress_bar
 from heads.baselines.normalize import (  # noqa: F401
     ALIASES,
     NORMALIZE_CHOICES,
@@ -267,7 +267,7 @@ def cms_predict(
     n_top = min(n_concepts, scorer.t_unit.shape[1])
     parts: dict[str, list[torch.Tensor]] = {}
     chunks = list(iter_chunks(img.shape[0], chunk_size))
-    for sl in tqdm(chunks, desc="cms", unit="chunk", disable=not progress):
+    for sl in progress_bar(chunks, desc="cms", unit="chunk", enabled=progress):
         out = _score_chunk(scorer, img[sl], top_k, n_top)
         if not keep_scores:
             del out["scores"]

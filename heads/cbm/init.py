@@ -7,6 +7,9 @@
   so the solution is the data-weighted form of W_F D ~ C; where span(D) contains the class
   embeddings it is exact and step 0 predicts exactly what zero-shot predicts. We report the
   relative residual ||A W^T + b - Z|| / ||Z - mean Z|| and the step-0 agreement with zero-shot.
+  With fewer fit rows N than concepts the same ridge problem is solved in its dual form (an
+  N x N system instead of |D| x |D|: `ridge_weights`); its memory (`init_bytes`) is checked
+  against what the device has before anything is allocated (`heads.memory.require`).
 - prior: W_F = T, the class-concept cosine matrix cos(c_m, d_j) (CMS-like, interpretable:
   class m weighs each concept by how close it is to the class name), scaled so the logits have
   the zero-shot logits' spread; b = 0.
@@ -24,6 +27,7 @@ import torch
 
 from heads.cbm.positives import links_from_concept_classes, nearest_concept_links
 from heads.features import FEATURES
+from heads.memory import require
 from heads.psi import class_logits
 
 log = logging.getLogger(__name__)
@@ -31,7 +35,11 @@ log = logging.getLogger(__name__)
 RIDGE = 1e-3  # rho relative to the mean diagonal of A^T A (scale-free)
 
 
-def _fit_rows(data, max_rows: int = 50_000) -> torch.Tensor:
+ZERO_SHOT_ROWS = 50_000  # the zero-shot init fits on at most this many (seeded) rows
+PRIOR_ROWS = 10_000  # the prior init scales its logits on at most this many
+
+
+def _fit_rows(data, max_rows: int = ZERO_SHOT_ROWS) -> torch.Tensor:
     """The fit rows the init sees (a seeded subset when there are more than max_rows)."""
     idx = data.train_idx
     if len(idx) > max_rows:
@@ -40,19 +48,72 @@ def _fit_rows(data, max_rows: int = 50_000) -> torch.Tensor:
     return data.train.x[idx]
 
 
+def use_dual(n_rows: int, n_concepts: int) -> bool:
+    """The ridge system is solved in the smaller of its two forms: N x N when N < |D|."""
+    return n_rows < n_concepts
+
+
+def ridge_weights(ac: torch.Tensor, zc: torch.Tensor, dual: bool) -> tuple[torch.Tensor, float]:
+    """(W (|C|, |D|), rho) of min ||ac W^T - zc||^2 + rho ||W||^2 over centred rows ac (N, |D|),
+    zc (N, |C|), rho = RIDGE * the mean diagonal of ac^T ac (= ||ac||_F^2 / |D|).
+
+    primal: W^T = (ac^T ac + rho I)^-1 ac^T zc, a |D| x |D| system;
+    dual:   W^T = ac^T (ac ac^T + rho I)^-1 zc, an N x N system -- the same W, since
+            (A^T A + rho I) A^T = A^T (A A^T + rho I) gives (A^T A + rho I)^-1 A^T =
+            A^T (A A^T + rho I)^-1 for every rho > 0 (equal up to float error, tested).
+    The ridge is added to the diagonal in place (no identity matrix of either size)."""
+    if dual:
+        gram = ac @ ac.T  # (N, N)
+        rho = RIDGE * float((gram.diagonal().sum() / ac.shape[1]).clamp_min(1e-12))
+        gram.diagonal().add_(rho)
+        return (ac.T @ torch.linalg.solve(gram, zc)).T, rho
+    gram = ac.T @ ac  # (|D|, |D|)
+    rho = RIDGE * float(gram.diagonal().mean().clamp_min(1e-12))
+    gram.diagonal().add_(rho)
+    return torch.linalg.solve(gram, ac.T @ zc).T, rho
+
+
+def _activation_bytes(n_rows: int, n_concepts: int, topk: int) -> int:
+    """Peak of `model.activations(psi)` over n_rows rows: psi and W_CBL psi (fp32), plus the
+    zeros and the scattered copy of a TopK bottleneck."""
+    return 4 * n_rows * n_concepts * (4 if topk else 2)
+
+
+def init_bytes(how: str, n_rows: int, n_concepts: int, n_classes: int, topk: int = 0) -> int:
+    """Memory the final-layer init `how` allocates on top of the model, at its peak (bytes).
+
+    zero-shot on N = min(n_rows, 50,000) rows: the activations (fp32, then fp64 and centred in
+    place: 8 N |D|) and the ridge system of `ridge_weights` in fp64 (the gram and solve's
+    factorised copy: 16 min(N, |D|)^2); prior: the activations of <= 10,000 rows; zero: none."""
+    if how == "zero":
+        return 0
+    n = min(n_rows, ZERO_SHOT_ROWS if how == "zero-shot" else PRIOR_ROWS)
+    d, c = n_concepts, n_classes
+    acts = _activation_bytes(n, d, topk)
+    small = 8 * (4 * n * c + 3 * d * c)  # z, zc, fit, fit - z; rhs, W, its float copy
+    if how == "prior":
+        return acts + small
+    m = n if use_dual(n, d) else d
+    return max(acts, 12 * n * d, 8 * n * d + 16 * m * m) + small
+
+
 def _zero_shot_init(model, data) -> dict:
     x = _fit_rows(data)
+    d = model.n_concepts
+    require(init_bytes("zero-shot", len(x), d, data.n_classes, model.topk), x.device,
+            f"--fc-init zero-shot (the ridge fit on {len(x):,} rows x {d:,} concepts)",
+            "Use --fc-init prior or --fc-init zero (they solve no ridge system), fewer concepts "
+            "(`cli.py concepts` with a stricter filter, then `embed --concepts`) or a smaller "
+            "train split.")  # fmt: skip
+    dual = use_dual(len(x), d)
     with torch.no_grad():
         a = model.activations(FEATURES["cbm"](x, data.text)).double()  # (N, |D|)
         z = class_logits(x, data.text.class_emb, data.text.logit_scale).double()  # (N, |C|)
         a_mean, z_mean = a.mean(0), z.mean(0)
-        ac, zc = a - a_mean, z - z_mean
-        gram = ac.T @ ac  # (|D|, |D|)
-        rho = RIDGE * float(gram.diagonal().mean().clamp_min(1e-12))
-        eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-        w = torch.linalg.solve(gram + rho * eye, ac.T @ zc).T  # (|C|, |D|)
+        ac, zc = a.sub_(a_mean), z - z_mean  # centred in place: one N x |D| array, not two
+        w, rho = ridge_weights(ac, zc, dual)  # (|C|, |D|)
         b = z_mean - w @ a_mean
-        fit = a @ w.T + b
+        fit = ac @ w.T + z_mean  # = a @ w.T + b
         resid = float((fit - z).norm() / zc.norm().clamp_min(1e-12))
         agree = float((fit.argmax(1) == z.argmax(1)).double().mean())
         model.fc.weight.copy_(w.float())
@@ -60,12 +121,12 @@ def _zero_shot_init(model, data) -> dict:
     log.info("fc-init zero-shot: relative residual %.4f, step-0 agreement with zero-shot %.4f "
              "on %d fit rows", resid, agree, len(x))  # fmt: skip
     return {"method": "zero-shot", "relative_residual": resid, "agreement": agree,
-            "rows": len(x), "ridge": rho}  # fmt: skip
+            "rows": len(x), "ridge": rho, "form": "dual" if dual else "primal"}  # fmt: skip
 
 
 def _prior_init(model, data) -> dict:
     t = data.text.class_emb @ data.text.concept_emb.T  # (|C|, |D|) cos(c_m, d_j)
-    x = _fit_rows(data, 10_000)
+    x = _fit_rows(data, PRIOR_ROWS)
     with torch.no_grad():
         a = model.activations(FEATURES["cbm"](x, data.text))
         z = class_logits(x, data.text.class_emb, data.text.logit_scale)

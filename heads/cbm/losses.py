@@ -23,7 +23,7 @@ over an epoch each image is paired with a uniformly random concept. The expected
 and Gumbel losses are then cross-entropies against a *uniform* target, which dense, equal
 activations minimise and a peaked (sparse) row is penalised for. Neither loss therefore makes
 `a` sparser than the other (thesis §4.5 expects Sparse-CBM to); the fitted heads are equally
-dense. `fit-head --topk k` (heads/model.py) is the opt-in bottleneck for exactly k active
+dense. `fit-head --topk k` (heads/cbm/model.py) is the opt-in bottleneck for exactly k active
 concepts per image.
 """
 

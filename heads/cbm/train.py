@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import logging
 import math
@@ -20,22 +21,31 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from cache import open_cache
 from core.device import resolve_device
+from core.outputs import owned_output
+from core.progress import bar as progress_bar
 from heads.baselines.features_head import fit_features_head
 from heads.baselines.probe import BASELINE_TRAINERS
 from heads.cbm.config import FitHeadConfig, resolve_topk
 from heads.cbm.final_layer import fit_sparse_final_layer
-from heads.cbm.init import class_links, init_final_layer
+from heads.cbm.init import (
+    FC_INITS,
+    ZERO_SHOT_ROWS,
+    class_links,
+    init_bytes,
+    init_final_layer,
+)
 from heads.cbm.losses import CBL_LOSSES, tau_schedule
 from heads.cbm.model import ConceptBottleneck
-from heads.errors import HeadsConfigError, OutputExistsError
+from heads.chunks import CHUNK_ROWS
+from heads.errors import HeadsConfigError, InsufficientMemoryError, OutputExistsError
 from heads.eval.evaluate import Scorer, evaluate, top1, zero_shot_scorer
 from heads.features import FEATURES
-from heads.io.artifact import Head, save_head
+from heads.io.artifact import HEAD_DIR, Head, save_head
 from heads.io.data import HeadData, load_data
+from heads.memory import available_bytes, gib
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +179,61 @@ def _batches(idx: torch.Tensor, batch: int, gen: torch.Generator):
             yield perm[s : s + batch]
 
 
+TRAIN_COPIES = 7  # W_CBL-sized arrays while training: weights, gradient, Adam's two moments, the
+# start and the best weights, + ~1 of allocator slack (measured: 7.4 x 137 MiB at |D| = 6,000)
+
+
+def fit_cbm_bytes(data: HeadData, config: FitHeadConfig) -> dict[str, int]:
+    """What `fit_cbm` will allocate at its peak (bytes), by phase: "cbl" (one W_CBL, fp32
+    |D| x |D|), "init" (the model + the --fc-init start), "train" (the model, its copies and
+    optimizer state, + a batch or an evaluation chunk of activations), "need" (the larger)."""
+    d, c = len(data.text.concept_emb), data.n_classes
+    topk = resolve_topk(config, d)
+    params = 4 * (d * d + c * d + c + 1)
+    n_fit = len(data.train_idx)
+    batch = Schedule.for_data(n_fit, config).batch
+    n_eval = max(len(data.val_idx), len(data.test.y) if data.test is not None else 0)
+    step = 48 * batch * d  # ~12 fp32 (B, |D|) arrays: psi, a, TopK, noise, softmaxes, grads
+    chunk = 4 * min(CHUNK_ROWS, n_eval) * d * (6 if topk else 4)  # psi, a (+ TopK) + sparsity
+    parts = {"cbl": 4 * d * d,
+             "init": params + init_bytes(config.fc_init, n_fit, d, c, topk),
+             "train": TRAIN_COPIES * params + max(step, chunk)}  # fmt: skip
+    parts["need"] = max(parts["init"], parts["train"])
+    return parts
+
+
+def check_fit_memory(data: HeadData, config: FitHeadConfig, device) -> None:
+    """Refuse, before the first allocation, a concept bottleneck that cannot fit in the memory
+    `device` has available (an HeadsError naming the need, the memory and what to do)."""
+    parts = fit_cbm_bytes(data, config)
+    have = available_bytes(device)
+    if have is None or parts["need"] <= have:
+        return
+    d, n_fit = len(data.text.concept_emb), len(data.train_idx)
+    why = (f"its |D| x |D| concept layer W_CBL is {gib(parts['cbl'])} (|D| = {d:,} concepts) "
+           f"and training holds about {TRAIN_COPIES} of it (weights, gradient, Adam's two "
+           "moments, the start and the best weights)")  # fmt: skip
+    todo = ("Use fewer concepts (memory grows with |D|^2: build a smaller list with `cli.py "
+            "concepts` and a stricter filter, e.g. a lower --concept-sim, then re-run `embed "
+            "--concepts`)")  # fmt: skip
+    if parts["init"] >= parts["train"]:
+        why += (f"; the --fc-init {config.fc_init} start alone needs {gib(parts['init'])} on "
+                f"{min(n_fit, ZERO_SHOT_ROWS):,} fit rows")  # fmt: skip
+        alt = []
+        for how in (h for h in FC_INITS if h != config.fc_init):
+            other = fit_cbm_bytes(data, dataclasses.replace(config, fc_init=how))["need"]
+            if other <= have:
+                alt.append(f"--fc-init {how} (about {gib(other)})")
+        if alt:
+            todo += f", or {' or '.join(alt)}"
+        todo += ", or a cache with fewer train rows"
+    raise InsufficientMemoryError(
+        f"fit-head needs about {gib(parts['need'])} of {torch.device(device).type} memory, but "
+        f"only {gib(have)} is available: {why}. {todo}; or run on a device with more memory "
+        "(--device)."
+    )
+
+
 def fit_cbm(data: HeadData, config: FitHeadConfig, device) -> tuple[ConceptBottleneck, dict]:
     """Train a ConceptBottleneck with early stopping on val top-1; best weights restored.
 
@@ -177,6 +242,7 @@ def fit_cbm(data: HeadData, config: FitHeadConfig, device) -> tuple[ConceptBottl
     classifier).
     """
     topk = resolve_topk(config, len(data.text.concept_emb))
+    check_fit_memory(data, config, device)  # before W_CBL (|D|^2) is allocated
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = ConceptBottleneck(
@@ -195,12 +261,12 @@ def fit_cbm(data: HeadData, config: FitHeadConfig, device) -> tuple[ConceptBottl
     scorer = Scorer("cbm", model, data.text)
     val_x, val_y = data.train.x[data.val_idx], data.train.y[data.val_idx]
     best, best_step = top1(scorer, val_x, val_y), 0
-    best_state = start_state = copy.deepcopy(model.state_dict())
+    best_state = start_state = init  # the step-0 weights (one |D| x |D| copy, not two)
     history = [{"step": 0, "val_top1": best}]
     bad, sums, n, t0 = 0, torch.zeros(2, device=device), 0, time.perf_counter()
     batches = _batches(data.train_idx, sched.batch, shuffle_gen)
-    bar = tqdm(range(1, sched.steps + 1), desc=f"fit-head {config.loss}",
-               disable=not config.progress)  # fmt: skip
+    bar = progress_bar(range(1, sched.steps + 1), desc=f"fit-head {config.loss}",
+                       enabled=config.progress)  # fmt: skip
     for step in bar:
         rows = next(batches)
         state.tau = tau_schedule(step - 1, sched.steps, config.tau_max, config.tau_min)
@@ -222,6 +288,7 @@ def fit_cbm(data: HeadData, config: FitHeadConfig, device) -> tuple[ConceptBottl
         bar.set_postfix(ce=f"{ce:.3f}", val=f"{val_top1:.3f}")
         if val_top1 > best:
             best, best_step, bad = val_top1, step, 0
+            best_state = None  # drop the previous best before copying (no third W_CBL)
             best_state = copy.deepcopy(model.state_dict())
         else:
             bad += 1
@@ -238,6 +305,7 @@ def fit_cbm(data: HeadData, config: FitHeadConfig, device) -> tuple[ConceptBottl
         log.info("kept the step-0 start: best val top-1 %.4f (step %d) is within %.4f of it",
                  best, best_step, margin)  # fmt: skip
         best, best_step, best_state = start, 0, start_state
+    model.zero_grad(set_to_none=True)  # the last gradients (a W_CBL-sized array) are done
     model.load_state_dict(best_state)
     info = {"history": history, "best_val_top1": best, "best_step": best_step,
             "start_margin": margin,
@@ -277,16 +345,6 @@ def zero_shot_metrics(data: HeadData) -> dict:
     scorer = zero_shot_scorer(data.text)
     return {name: evaluate(scorer, x, y.cpu().numpy()).metrics
             for name, (x, y) in data.eval_splits().items()}  # fmt: skip
-
-
-def _prepare_out(config: FitHeadConfig) -> Path:
-    out = config.out_dir()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not config.overwrite:
-        raise OutputExistsError(
-            f"head directory {out} exists and is not empty; choose another --out or pass "
-            "--overwrite to replace it"
-        )
-    return out
 
 
 def _head_config(config, cache, data: HeadData, device, metrics, info) -> dict:
@@ -341,10 +399,17 @@ def fit(data: HeadData, config: FitHeadConfig, device) -> tuple:
 
 
 def run(config: FitHeadConfig) -> FitHeadResult:
-    """Fit the head `config` describes, write its directory, return its metrics."""
+    """Fit the head `config` describes, write its directory, return its metrics. The output is
+    locked for the run and replaced only if it is a head (core.outputs)."""
+    with owned_output(config.out_dir(), HEAD_DIR.ownership, overwrite=config.overwrite,
+                      exists_error=OutputExistsError):  # fmt: skip
+        return _run(config)
+
+
+def _run(config: FitHeadConfig) -> FitHeadResult:
     t0 = time.perf_counter()
     device = resolve_device(config.device)
-    out = _prepare_out(config)
+    out = config.out_dir()
     with open_cache(config.cache, verify=config.verify) as cache:
         data = load_data(cache, config, device)
         n_concepts = len(data.text.concept_emb)

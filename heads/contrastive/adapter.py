@@ -20,9 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from core.device import resolve_device
+from core.outputs import owned_output
+from core.progress import bar as progress_bar
 from heads.contrastive.config import FitAdapterConfig
 from heads.contrastive.losses import LOSSES
 from heads.errors import HeadDataError, OutputExistsError
@@ -139,7 +140,7 @@ def train_projection(
     perm, pos = torch.randperm(n, generator=g), 0
     every = max(1, cfg.steps // 50)
     history: list[dict] = []
-    bar = tqdm(range(cfg.steps), desc="fit-adapter", disable=not cfg.progress)
+    bar = progress_bar(range(cfg.steps), desc="fit-adapter", enabled=cfg.progress)
     model.train()
     for step in bar:
         if pos + b > n:  # a new epoch: reshuffle, drop the ragged tail
@@ -164,15 +165,22 @@ def train_projection(
 
 
 def run(cfg: FitAdapterConfig) -> AdapterResult:
-    """The `fit-adapter` command: read the views, train, save the adapter directory."""
+    """The `fit-adapter` command: read the views, train, save the adapter directory (locked for
+    the run; replaced only if it is an adapter directory: core.outputs)."""
+    from heads.contrastive.artifact import ADAPTER_DIR
+
+    with owned_output(cfg.out_dir(), ADAPTER_DIR.ownership, overwrite=cfg.overwrite,
+                      exists_error=OutputExistsError):  # fmt: skip
+        return _run(cfg)
+
+
+def _run(cfg: FitAdapterConfig) -> AdapterResult:
     from cache import open_cache
     from cache.layout import model_fingerprint
     from heads.contrastive.artifact import save_adapter
     from heads.io.evaldata import load_split
 
     out = cfg.out_dir()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg.overwrite:
-        raise OutputExistsError(f"{out} exists and is not empty; pass --overwrite or another --out")
     device = resolve_device(cfg.device)
     hint = "Pass --split with one of those."
     with open_cache(cfg.cache, verify=cfg.verify) as cache:

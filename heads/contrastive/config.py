@@ -9,7 +9,7 @@ from pathlib import Path
 from core.config import option, validated
 from core.device import DEVICE_HELP, check_device
 from heads.errors import HeadsConfigError
-from heads.options import VERIFY_HELP
+from heads.options import KNN_ALLOW_OVERLAP_HELP, VERIFY_HELP
 
 # the names of heads.contrastive.losses.LOSSES / AGGREGATES (kept torch-free for the CLI)
 LOSS_NAMES = ("contrastive", "debiased-neg", "debiased-pos", "supcon")
@@ -119,7 +119,7 @@ class KnnEvalConfig:
     cache: Path = option(help="Embedding cache: the bank is one split, the queries another.")
     adapter: Path | None = option(None, "Adapter directory from `fit-adapter` (default: none, "
                                   "kNN on the raw cached embeddings, the baseline).")  # fmt: skip
-    k: int = option(200, "Neighbours per query (capped at the bank size).")
+    k: int = option(200, "Neighbours per query (at most the bank size: a larger k is refused).")
     t: float = option(0.5, "Temperature of the weighted vote exp(sim / t).")
     bank_split: str = option("train", "Split whose image embeddings form the bank.")
     query_split: str = option("test", "Split classified against the bank.")
@@ -128,6 +128,7 @@ class KnnEvalConfig:
     out: Path | None = option(None, "Also write the metrics as JSON to this file.")
     device: str = option("auto", DEVICE_HELP)
     verify: bool = option(True, VERIFY_HELP)
+    allow_overlap: bool = option(False, KNN_ALLOW_OVERLAP_HELP)
 
     def __post_init__(self):
         object.__setattr__(self, "cache", Path(self.cache))

@@ -173,6 +173,17 @@ class KnnResult:
         return "\n".join(lines)
 
 
+def check_k(k: int, bank_rows: int, bank_split: str) -> None:
+    """k neighbours need a bank of at least k rows: a larger k is refused, not capped (a cap
+    turns the majority vote into the bank's class prior)."""
+    if k > bank_rows:
+        raise EvalInputError(
+            f"--k {k} is more than the {bank_rows} rows of the bank (split {bank_split!r}): each "
+            f"query can have at most {bank_rows} neighbours. Pass --k {bank_rows} or less, or "
+            "a larger --bank-split"
+        )
+
+
 def evaluate_knn(bank, bank_labels, queries, query_labels, *, n_classes, k, t, backend) -> dict:
     """{"weighted": {...}, "majority": {...}} top-1 / top-5 of both votes."""
     out = {}
@@ -190,22 +201,29 @@ def run(cfg) -> KnnResult:
     from cache import open_cache
     from core.device import resolve_device
     from heads.contrastive.artifact import check_model, load_adapter
-    from heads.io.evaldata import load_split, write_json
+    from heads.io.evaldata import check_disjoint, check_split_name, load_split, write_json
+    from heads.io.output import write_errors
 
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     if cfg.backend == "faiss" and not has_faiss():
         raise EvalInputError("--backend faiss needs `pip install faiss-cpu` (or --backend torch)")
     with open_cache(cfg.cache, verify=cfg.verify) as cache:
+        check_split_name(cache, cfg.bank_split, hint="Pass --bank-split with one of those.")
+        check_split_name(cache, cfg.query_split, hint="Pass --query-split with one of those.")
+        check_disjoint(cache, cfg.bank_split, cfg.query_split, allow=cfg.allow_overlap,
+                       fitted_on="that are in the kNN bank")  # fmt: skip
         bank = load_split(cache, cfg.bank_split, hint="Pass --bank-split with one of those.")
         query = load_split(cache, cfg.query_split, hint="Pass --query-split with one of those.")
+        adapter = None if cfg.adapter is None else load_adapter(cfg.adapter, device)
+        if adapter is not None:
+            check_model(adapter, cache)
+        check_k(cfg.k, len(bank), cfg.bank_split)
         n_classes = len(cache.classes)
         bank_x = torch.from_numpy(bank.image_emb).to(device)
         query_x = torch.from_numpy(query.image_emb).to(device)
         features = "raw embeddings"
-        if cfg.adapter is not None:
-            adapter = load_adapter(cfg.adapter, device)
-            check_model(adapter, cache)
+        if adapter is not None:
             bank_x, query_x = adapter.project(bank_x), adapter.project(query_x)
             features = f"adapter {cfg.adapter}"
     metrics = evaluate_knn(
@@ -213,11 +231,12 @@ def run(cfg) -> KnnResult:
         backend=cfg.backend,
     )  # fmt: skip
     metrics.update(
-        features=features, k=min(cfg.k, len(bank)), t=cfg.t, bank_split=cfg.bank_split,
+        features=features, k=cfg.k, t=cfg.t, bank_split=cfg.bank_split,
         query_split=cfg.query_split, bank_rows=len(bank), backend=cfg.backend,
         device=str(device), config=cfg.to_json(),
     )  # fmt: skip
     result = KnnResult(metrics, time.perf_counter() - t0)
     if cfg.out is not None:
-        write_json(cfg.out, {**metrics, "seconds": result.seconds})
+        with write_errors(cfg.out, "the knn-eval metrics"):
+            write_json(cfg.out, {**metrics, "seconds": result.seconds})
     return result

@@ -129,8 +129,8 @@ def _supcon(z, pos, neg, t, tau_plus):
     others = pos | neg  # every a != anchor
     log_den = torch.logsumexp(logits.masked_fill(~others, -math.inf), dim=1)
     log_prob = logits - log_den[:, None]
-    n_pos = pos.sum(1).clamp_min(1)
-    return -(log_prob * pos).sum(1) / n_pos
+    # anchors without a positive have no SupCon term; `loss` leaves them out of the mean
+    return -(log_prob * pos).sum(1) / pos.sum(1).clamp_min(1)
 
 
 _ANCHOR_LOSSES = {
@@ -139,6 +139,15 @@ _ANCHOR_LOSSES = {
     "debiased-pos": _debiased_pos,
     "supcon": _supcon,
 }
+
+
+def _anchor_mean(per_anchor: Tensor, pos: Tensor) -> Tensor:
+    """Mean over the anchors that have a positive: an anchor without one has no loss term (it
+    is left out, not counted as 0). With V >= 2 views every anchor has one (its other views)."""
+    has = pos.any(1)
+    if not bool(has.any()):
+        raise ValueError("no anchor of the batch has a positive; every loss term is undefined")
+    return per_anchor[has].mean()
 
 
 def _loss(name: str) -> Callable[..., Tensor]:
@@ -168,7 +177,7 @@ def _loss(name: str) -> Callable[..., Tensor]:
             ids = img.repeat(len(group))
             lab = None if labels is None else labels.to(views.device).repeat(len(group))
             pos, neg = _masks(ids, lab, supervised)
-            total = total + per_anchor(z, pos, neg, t, tau_plus).mean()
+            total = total + _anchor_mean(per_anchor(z, pos, neg, t, tau_plus), pos)
         return total / len(groups)
 
     loss.__name__ = name.replace("-", "_")

@@ -35,6 +35,7 @@ from heads.features import TextTensors
 from heads.io.artifact import load_head
 from heads.io.evaldata import (
     EvalInputError,
+    cache_settings,
     check_disjoint,
     check_split_name,
     claim_results,
@@ -44,6 +45,7 @@ from heads.io.evaldata import (
     write_csv,
     write_json,
 )
+from heads.io.output import result_files
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +127,11 @@ def run_cms_eval(cfg: CmsEvalConfig) -> CmsEvalResult:
     device = str(resolve_device(cfg.device))
     normalize = resolve_normalize(cfg.normalize)
     out_dir = cfg.out_dir()
-    rows, flat, files = [], {}, {}
+    rows, flat, tables = [], {}, {}
     with open_cache(cfg.cache, verify=cfg.verify) as cache:
         for split in cfg.splits:  # fail before any work on a typo
             check_split_name(cache, split)
-        settings = {"cache_fingerprint": cache.fingerprint, "normalize": normalize,
+        settings = {**cache_settings(cache), "normalize": normalize,
                     "splits": list(cfg.splits), "top_concepts": cfg.top_concepts}  # fmt: skip
         claim_results(out_dir / "metrics.json", settings, overwrite=cfg.overwrite)
         text = (cache.concept_emb(), cache.class_emb())
@@ -137,8 +139,7 @@ def run_cms_eval(cfg: CmsEvalConfig) -> CmsEvalResult:
             r, f, preds, pc = _cms_one_split(cfg, cache, split, normalize, device, text)
             rows += r
             flat.update(f)
-            files[f"predictions_{split}"] = write_csv(out_dir / f"predictions_{split}.csv", preds)
-            files[f"per_class_{split}"] = write_csv(out_dir / f"per_class_{split}.csv", pc)
+            tables[f"predictions_{split}"], tables[f"per_class_{split}"] = preds, pc
         metrics = {
             "task": "cms-eval",
             "cache": str(cfg.cache),
@@ -152,9 +153,11 @@ def run_cms_eval(cfg: CmsEvalConfig) -> CmsEvalResult:
             "metrics": flat,
         }
     table = pd.DataFrame(rows)
-    files["metrics"] = write_json(out_dir / "metrics.json", metrics)
-    files["table"] = write_csv(out_dir / "summary.csv", table)
-    return CmsEvalResult(table, metrics, files)
+    with result_files(out_dir, "the cms-eval results") as stage:  # all files, or none
+        files = {name: write_csv(stage / f"{name}.csv", df) for name, df in tables.items()}
+        files["metrics"] = write_json(stage / "metrics.json", metrics)
+        files["table"] = write_csv(stage / "summary.csv", table)
+    return CmsEvalResult(table, metrics, stage.final(files))
 
 
 # ------------------------------------------------------------------ evaluate
@@ -183,7 +186,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
             check_disjoint(cache, fit_split, cfg.split, allow=cfg.allow_overlap)
         settings = {"head": str(cfg.head.resolve()), "split": cfg.split,
                     "head_weights_sha256": head.config.get("weights_sha256"),
-                    "cache_fingerprint": cache.fingerprint}  # fmt: skip
+                    **cache_settings(cache)}  # fmt: skip
         claim_results(out_dir / f"metrics_{cfg.split}.json", settings, overwrite=cfg.overwrite)
         data = load_split(cache, cfg.split)
         scorer = head.scorer(cache)
@@ -204,26 +207,28 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
             "metrics": metrics,
         }
         per_class = ev.per_class(cache.classes, y)
+        classes = cache.classes
+    with result_files(out_dir, "the evaluate results") as stage:  # all files, or none
         files = {
-            "metrics": write_json(out_dir / f"metrics_{cfg.split}.json", record),
-            "per_class": write_csv(out_dir / f"per_class_{cfg.split}.csv", per_class),
+            "metrics": write_json(stage / f"metrics_{cfg.split}.json", record),
+            "per_class": write_csv(stage / f"per_class_{cfg.split}.csv", per_class),
             "predictions": write_csv(
-                out_dir / f"predictions_{cfg.split}.csv", ev.predictions(data.ids, y)
+                stage / f"predictions_{cfg.split}.csv", ev.predictions(data.ids, y)
             ),
             "confusion_csv": write_csv(
-                out_dir / f"confusion_{cfg.split}.csv",
-                pd.DataFrame(ev.confusion, index=cache.classes, columns=cache.classes)
+                stage / f"confusion_{cfg.split}.csv",
+                pd.DataFrame(ev.confusion, index=classes, columns=classes)
                 .rename_axis("true\\pred")
                 .reset_index(),
             ),
             "confusion_png": plot_confusion(
                 ev.confusion,
-                cache.classes,
-                out_dir / f"confusion_{cfg.split}.png",
+                classes,
+                stage / f"confusion_{cfg.split}.png",
                 title=f"{cfg.head.name} on {cfg.split} (top-1 {100 * ev.metrics['top1']:.2f}%)",
             ),
         }
-    return EvaluateResult(metrics, per_class, files)
+    return EvaluateResult(metrics, per_class, stage.final(files))
 
 
 # ------------------------------------------------------------------ explain
@@ -296,8 +301,10 @@ def run_explain(cfg: ExplainConfig) -> ExplainResult:
     png = cfg.out_path()
     label, pred = classes[int(data.labels[pos])], classes[ex.pred]
     title = f"{data.ids[pos]}: predicted {pred} (true {label}) — {ex.method}"
-    files = {
-        "png": plot_contributions(ex.table, title, png),
-        "csv": write_csv(png.with_suffix(".csv"), ex.table),
-    }
-    return ExplainResult(ex, str(data.ids[pos]), label, pred, files)
+    what = f"the explanation {png.name} (+ .csv)"
+    with result_files(png.parent, what) as stage:  # both files, or none
+        files = {
+            "png": plot_contributions(ex.table, title, stage / png.name),
+            "csv": write_csv(stage / png.with_suffix(".csv").name, ex.table),
+        }
+    return ExplainResult(ex, str(data.ids[pos]), label, pred, stage.final(files))

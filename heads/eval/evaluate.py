@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
+from core.progress import bar as progress_bar
 from heads.chunks import CHUNK_ROWS, iter_chunks
 from heads.eval.metrics import (
     NEC_GRID,
@@ -169,7 +169,7 @@ def evaluate(
     was = scorer.module.training
     scorer.module.eval()
     try:
-        for sl in tqdm(list(iter_chunks(len(x), chunk_rows)), desc=desc, disable=not progress):
+        for sl in progress_bar(list(iter_chunks(len(x), chunk_rows)), desc=desc, enabled=progress):
             if fc is None:
                 logits = scorer.logits(x[sl])
             else:

@@ -67,13 +67,16 @@ def split_overlap(cache, a: str, b: str) -> int:
     return max(int(rec["embeddings"]), int(rec["ids"]) if by_path else 0)
 
 
-def check_disjoint(cache, fit_split: str, eval_split: str, *, allow: bool, error=EvalInputError):
+def check_disjoint(cache, fit_split: str, eval_split: str, *, allow: bool, error=EvalInputError,
+                   fitted_on: str = "the head was fitted on"):  # fmt: skip
     """Refuse to report on `eval_split` what was fitted on `fit_split` when they share rows.
 
     A handful of exact duplicates (<= 0.1% of the evaluated split, as real datasets have) is a
-    warning; more is a leak and an error unless `allow` (--allow-overlap)."""
+    warning; more is a leak and an error unless `allow` (--allow-overlap). `fitted_on` says what
+    `fit_split` is for, in the messages (knn-eval: "are in the kNN bank")."""
     if fit_split == eval_split:
-        log.warning("split %r is the head's training split: this is training accuracy", fit_split)
+        log.warning("split %r holds the rows %s: these are training numbers", fit_split,
+                    fitted_on)  # fmt: skip
         return
     n_shared = split_overlap(cache, fit_split, eval_split)
     if not n_shared:
@@ -87,7 +90,7 @@ def check_disjoint(cache, fit_split: str, eval_split: str, *, allow: bool, error
         log.warning("%s; reported numbers include them", what)
         return
     raise error(
-        f"{what}: {eval_split} accuracy would be inflated by rows the head was fitted on. "
+        f"{what}: {eval_split} accuracy would be inflated by rows {fitted_on}. "
         "Rebuild the cache from disjoint sources (for csv: one manifest per split, or a split "
         "column), or pass --allow-overlap to report anyway."
     )
@@ -161,6 +164,14 @@ def _jsonable(x):
     if isinstance(x, Path):
         return str(x)
     return x
+
+
+def cache_settings(cache) -> dict:
+    """The cache a run read, for the settings that claim its results: the fingerprint says what
+    it holds, the resolved path and the storage format which copy was read (a zarr cache and its
+    .h5 twin share a fingerprint; results of one must not silently become the other's)."""
+    return {"cache": str(Path(cache.path).resolve()), "cache_format": cache.format,
+            "cache_fingerprint": cache.fingerprint}  # fmt: skip
 
 
 def claim_results(path: Path, settings: dict, *, overwrite: bool) -> None:

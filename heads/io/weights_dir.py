@@ -21,7 +21,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from core import atomic
+from core.outputs import Ownership
 from heads.errors import HeadFormatError
+from heads.io.output import write_errors
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -48,7 +50,8 @@ class WeightsDir:
                 f"{self.what} config lacks {missing}; required keys: {self.required}"
             )
         state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-        with atomic.directory(out) as tmp:
+        need = sum(t.numel() * t.element_size() for t in state.values())
+        with write_errors(out, f"the {self.what}", need), atomic.directory(out) as tmp:
             save_file(state, tmp / WEIGHTS, metadata={"kind": kind})
             cfg["weights_sha256"] = atomic.sha256_file(tmp / WEIGHTS)
             atomic.write_text(tmp / CONFIG, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
@@ -114,6 +117,18 @@ class WeightsDir:
                 f"`{self.command}` again"
             ) from e
         return module.to(device).eval()
+
+    @property
+    def ownership(self) -> Ownership:
+        """How `--overwrite` recognises a directory this kind wrote (core.outputs)."""
+
+        def recognise(d: Path) -> bool:
+            cfg = json.loads((d / CONFIG).read_text()) if (d / CONFIG).is_file() else None
+            return (isinstance(cfg, dict) and (d / WEIGHTS).is_file() and "kind" in cfg
+                    and (self.kind is None or cfg.get("kind") == self.kind))  # fmt: skip
+
+        return Ownership(f"{self._a} directory", self.command, recognise,
+                         frozenset({WEIGHTS, CONFIG}))  # fmt: skip
 
     @property
     def _a(self) -> str:

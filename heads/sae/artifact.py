@@ -29,8 +29,10 @@ from safetensors.torch import load_file, save_file
 
 from cache.layout import model_fingerprint
 from core import atomic
+from core.outputs import Ownership
 from heads.errors import HeadCacheMismatchError, HeadFormatError
 from heads.io.evaldata import write_json
+from heads.io.output import write_errors
 from heads.sae.model import TopKSAE
 from heads.sae.naming import display_names
 from heads.transforms import FeatureTransform
@@ -65,13 +67,25 @@ def saelens_config(sae: TopKSAE, info: dict) -> dict:
     }
 
 
+def _is_sae_dir(d: Path) -> bool:
+    cfg = json.loads((d / CONFIG).read_text()) if (d / CONFIG).is_file() else None
+    ours = cfg.get("clipcbm") if isinstance(cfg, dict) else None
+    return isinstance(ours, dict) and ours.get("format") == FORMAT and (d / WEIGHTS).is_file()
+
+
+# what `--overwrite` may replace (core.outputs): a directory fit-sae wrote, holding only its files
+OWNERSHIP = Ownership("an SAE directory", "fit-sae", _is_sae_dir,
+                      frozenset({WEIGHTS, CONFIG, METRICS, NAMES}))  # fmt: skip
+
+
 def save_sae(out_dir, sae: TopKSAE, info: dict, metrics: dict, names: pd.DataFrame | None) -> Path:
     """Write the SAE directory atomically (a temporary sibling renamed into place)."""
     tensors = {n: getattr(sae, n).detach().float().cpu().contiguous() for n in TENSORS}
     if sae.selection == "batchtopk":
         tensors["threshold"] = sae.threshold.detach().float().cpu().expand(sae.n_latents).clone()
     ours = {**info, "format": FORMAT, "format_version": FORMAT_VERSION, "metrics": metrics}
-    with atomic.directory(out_dir) as tmp:
+    need = sum(t.numel() * t.element_size() for t in tensors.values())
+    with write_errors(out_dir, "the SAE", need), atomic.directory(out_dir) as tmp:
         save_file(tensors, tmp / WEIGHTS, metadata={"format": FORMAT})
         ours["weights_sha256"] = atomic.sha256_file(tmp / WEIGHTS)
         write_json(tmp / CONFIG, {**saelens_config(sae, info), "clipcbm": ours})  # NaN -> null

@@ -59,6 +59,8 @@ def _inspect():
     from heads.sae.inspect import run_sae_inspect
 
     def run(cfg: SaeInspectConfig):
+        from heads.io.output import write_errors
+
         renderer = _html_renderer
         if cfg.html is not None and renderer is None:
             raise HeadsConfigError(
@@ -68,7 +70,8 @@ def _inspect():
             )
         result = run_sae_inspect(cfg)
         if cfg.html is not None:
-            result.files["html"] = renderer(result.out_dir, cfg.html)
+            with write_errors(cfg.html, "the sae-inspect page"):
+                result.files["html"] = renderer(result.out_dir, cfg.html)
         return result
 
     def render(cfg, r) -> str:

@@ -174,6 +174,8 @@ class SaeInspectConfig:
                                 "of the SAE's saved names.")  # fmt: skip
     html: Path | None = option(None, "Also write a self-contained HTML page (thumbnails).")
     out: Path | None = option(None, "Table directory (default: runs/sae-inspect/<sae-name>).")
+    overwrite: bool = option(False, "Replace an existing inspect.csv / inspect.json in --out "
+                             "(and the --html page).")  # fmt: skip
     seed: int = option(0, "k-means seed.")
     chunk_size: int = option(CHUNK_ROWS, CHUNK_HELP)
     device: str = option("auto", DEVICE_HELP)

@@ -39,17 +39,27 @@ def split_rows(cache, split: str) -> int:
     return int(cache._b.shape(f"{split}/labels")[0])
 
 
-def _block(cache, split: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """(image_emb (n, E) float16, ok (n,) bool) of one block, checked finite."""
+def _nonfinite_error(cache, split: str, bad: np.ndarray) -> HeadDataError:
+    """The error naming the readable rows of `split` whose embedding is not finite."""
+    first = ", ".join(str(int(r)) for r in bad[:5]) + (", ..." if len(bad) > 5 else "")
+    return HeadDataError(
+        f"split {split!r} of cache {cache.path} has {len(bad)} row(s) with non-finite (NaN/inf) "
+        f"embeddings (rows {first}); the cache is corrupt — check it with `python cli.py cache "
+        f"verify {cache.path}` and re-run `embed`"
+    )
+
+
+def _block(
+    cache, split: str, start: int, stop: int, check: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image_emb (n, E) float16, ok (n,) bool, rows of the split whose readable embedding is
+    not finite) of one block; with `check`, those rows are an error at once."""
     emb = read_rows(cache, split, "image_emb", start, stop)
     ok = read_rows(cache, split, "ok", start, stop).astype(bool)
-    bad = ~np.isfinite(emb[ok]).all(1)
-    if bad.any():
-        raise HeadDataError(
-            f"split {split!r} of cache {cache.path} has non-finite embeddings in rows "
-            f"{start}..{stop - 1}; check it with `python cli.py cache verify {cache.path}`"
-        )
-    return emb.astype(np.float16, copy=False), ok
+    bad = start + np.flatnonzero(ok & ~np.isfinite(emb).all(1))
+    if check and bad.size:
+        raise _nonfinite_error(cache, split, bad)
+    return emb.astype(np.float16, copy=False), ok, bad
 
 
 def _memory_bytes() -> int | None:
@@ -123,7 +133,7 @@ class TrainRows:
 
     def _read(self, start: int) -> torch.Tensor:
         stop = min(start + self.block_rows, len(self.keep))
-        emb, _ = _block(self.cache, self.split, start, stop)
+        emb, _, _ = _block(self.cache, self.split, start, stop)
         keep = self.keep[start:stop]
         return torch.from_numpy(np.ascontiguousarray(emb[keep])).to(self.device)
 
@@ -137,10 +147,13 @@ def load_train_rows(cache, split: str, holdout: np.ndarray | None, *, device, st
     n_total = split_rows(cache, split)
     e = int(cache.embed_dim)
     streamed = should_stream(stream, n_total, e)
-    s1, s2, n, kept, parts = np.zeros(e, np.float64), 0.0, 0, [], []
+    s1, s2, n, kept, parts, bad = np.zeros(e, np.float64), 0.0, 0, [], [], []
     for start in range(0, n_total, block_rows):
         stop = min(start + block_rows, n_total)
-        emb, ok = _block(cache, split, start, stop)
+        emb, ok, nonfinite = _block(cache, split, start, stop, check=False)
+        if nonfinite.size or bad:
+            bad.append(nonfinite)  # named all at once after the pass (count and first rows)
+            continue
         keep = ok if holdout is None else ok & ~holdout[start:stop]
         kept.append(keep)
         x = emb[keep].astype(np.float64)
@@ -149,6 +162,8 @@ def load_train_rows(cache, split: str, holdout: np.ndarray | None, *, device, st
         n += len(x)
         if not streamed:
             parts.append(torch.from_numpy(np.ascontiguousarray(emb[keep])))
+    if bad:
+        raise _nonfinite_error(cache, split, np.concatenate(bad))
     if n == 0:
         raise HeadDataError(
             f"split {split!r} of cache {cache.path} has no rows to train on ({n_total} rows, "

@@ -13,15 +13,16 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from cache import open_cache
 from core import atomic
 from core.device import resolve_device
+from core.progress import bar as progress_bar
 from heads.eval.evaluate import zero_shot_scorer
 from heads.features import TextTensors
 from heads.io.artifact import load_head
 from heads.io.evaldata import write_json
+from heads.io.output import result_files
 from heads.sae.artifact import check_model, load_sae
 from heads.sae.config import SaeEvalConfig
 from heads.sae.data import load_heldout
@@ -66,7 +67,7 @@ def run_sae_eval(cfg: SaeEvalConfig) -> SaeEvalResult:
         ev = evaluate_sae(
             sae, held.x, held.labels, scorers=scorers, ks=cfg.ks, chunk_rows=cfg.chunk_size,
             device=device,
-            progress=(lambda c: tqdm(c, desc="sae-eval")) if cfg.progress else None,
+            progress=(lambda c: progress_bar(c, desc="sae-eval")) if cfg.progress else None,
         )  # fmt: skip
         fingerprint = cache.fingerprint
     ours = sae_cfg["clipcbm"]
@@ -79,11 +80,12 @@ def run_sae_eval(cfg: SaeEvalConfig) -> SaeEvalResult:
               "cache_fingerprint": fingerprint, "sae_weights_sha256": ours["weights_sha256"],
               "head": str(cfg.head) if cfg.head else None, "ks": list(cfg.ks),
               "device": str(device), "torch_version": torch.__version__}  # fmt: skip
-    files = {
-        "metrics": write_json(out / "metrics.json", {**metrics, "record": record}),
-        "csv": atomic.write_text(out / "ksweep.csv", ev.sweep.to_csv(index=False)),
-    }
-    if len(ev.sweep):
-        title = f"{Path(cfg.sae).name} on {Path(cfg.cache).name}/{cfg.split}"
-        files["png"] = plot_sweep(ev.sweep, sae.k, out / "ksweep.png", title)
-    return SaeEvalResult(out, metrics, ev.sweep, files)
+    with result_files(out, "the sae-eval results") as stage:  # all files, or none
+        files = {
+            "metrics": write_json(stage / "metrics.json", {**metrics, "record": record}),
+            "csv": atomic.write_text(stage / "ksweep.csv", ev.sweep.to_csv(index=False)),
+        }
+        if len(ev.sweep):
+            title = f"{Path(cfg.sae).name} on {Path(cfg.cache).name}/{cfg.split}"
+            files["png"] = plot_sweep(ev.sweep, sae.k, stage / "ksweep.png", title)
+    return SaeEvalResult(out, metrics, ev.sweep, stage.final(files))

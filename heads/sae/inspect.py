@@ -26,9 +26,10 @@ from cache import open_cache
 from core import atomic
 from core.device import resolve_device
 from heads.chunks import iter_chunks
-from heads.errors import EvalInputError, HeadCacheMismatchError, HeadsConfigError
+from heads.errors import EvalInputError, HeadCacheMismatchError, HeadsConfigError, OutputExistsError
 from heads.eval.metrics import ranked
 from heads.io.evaldata import write_json
+from heads.io.output import result_files
 from heads.sae.artifact import alive_mask, check_model, load_names, load_sae
 from heads.sae.config import SaeInspectConfig
 from heads.sae.data import load_heldout
@@ -237,7 +238,20 @@ def _queries(cfg, sae, names, alive) -> tuple[list[int], list[str]]:
     return latents, queries
 
 
+def _refuse_existing(cfg: SaeInspectConfig) -> None:
+    """Existing tables (or page) of an earlier run are kept unless --overwrite."""
+    out = cfg.out_dir()
+    paths = [out / TABLE, out / META, *([cfg.html] if cfg.html is not None else [])]
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not cfg.overwrite:
+        raise OutputExistsError(
+            f"sae-inspect output already exists: {', '.join(existing)}; choose another --out "
+            "(or --html) or pass --overwrite to replace it"
+        )
+
+
 def run_sae_inspect(cfg: SaeInspectConfig) -> InspectResult:
+    _refuse_existing(cfg)
     device = resolve_device(cfg.device)
     sae, sae_cfg = load_sae(cfg.sae, device)
     with open_cache(cfg.cache, verify=cfg.verify) as cache:
@@ -267,6 +281,7 @@ def run_sae_inspect(cfg: SaeInspectConfig) -> InspectResult:
                 "k": sae.k, "n_latents": sae.n_latents}  # fmt: skip
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     out = cfg.out_dir()
-    files = {"csv": atomic.write_text(out / TABLE, table.to_csv(index=False)),
-             "json": write_json(out / META, meta)}  # fmt: skip
-    return InspectResult(out, table, files)
+    with result_files(out, "the sae-inspect tables") as stage:  # both files, or none
+        files = {"csv": atomic.write_text(stage / TABLE, table.to_csv(index=False)),
+                 "json": write_json(stage / META, meta)}  # fmt: skip
+    return InspectResult(out, table, stage.final(files))

@@ -18,15 +18,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from cache import open_cache
 from cache.layout import model_fingerprint
 from core.device import resolve_device
+from core.outputs import owned_output
+from core.progress import bar as progress_bar
 from heads.errors import HeadCacheMismatchError, HeadsConfigError, OutputExistsError
 from heads.eval.evaluate import zero_shot_scorer
 from heads.features import TextTensors
-from heads.sae.artifact import save_sae
+from heads.sae.artifact import OWNERSHIP, save_sae
 from heads.sae.config import FitSaeConfig
 from heads.sae.data import TrainRows, carve_holdout, load_heldout, load_train_rows
 from heads.sae.metrics import evaluate_sae
@@ -131,7 +132,7 @@ def train_sae(rows: TrainRows, cfg: FitSaeConfig, device, select_dtype) -> Train
     batches = rows.batches(sched.batch, torch.Generator().manual_seed(cfg.seed + 1))
     log_every = max(1, sched.steps // 100)
     out = Trained(sae, sched)
-    bar = tqdm(range(1, sched.steps + 1), desc="fit-sae", disable=not cfg.progress)
+    bar = progress_bar(range(1, sched.steps + 1), desc="fit-sae", enabled=cfg.progress)
     sums, n, t0 = torch.zeros(2, device=device), 0, time.perf_counter()
     for step in bar:
         fvu, aux, n_dead = _step(sae, opt, next(batches), rows, k_aux, cfg, select_dtype,
@@ -166,16 +167,6 @@ class FitSaeResult:
     n_latents: int
     dead_train: int
     history: list = field(default_factory=list)
-
-
-def _prepare_out(cfg: FitSaeConfig) -> Path:
-    out = cfg.out_dir()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg.overwrite:
-        raise OutputExistsError(
-            f"SAE directory {out} exists and is not empty; choose another --out or pass "
-            "--overwrite to replace it"
-        )
-    return out
 
 
 def _candidates(cfg: FitSaeConfig, cache):
@@ -224,9 +215,16 @@ def _info(cfg, cache, rows, trained, heldout, select_dtype, device, names_info) 
 
 
 def run(cfg: FitSaeConfig) -> FitSaeResult:
-    """Train, evaluate on the held-out rows, name the latents, write the SAE directory."""
+    """Train, evaluate on the held-out rows, name the latents, write the SAE directory (locked
+    for the run; replaced only if it is an SAE directory: core.outputs)."""
+    with owned_output(cfg.out_dir(), OWNERSHIP, overwrite=cfg.overwrite,
+                      exists_error=OutputExistsError):  # fmt: skip
+        return _run(cfg)
+
+
+def _run(cfg: FitSaeConfig) -> FitSaeResult:
     device = resolve_device(cfg.device)
-    out = _prepare_out(cfg)
+    out = cfg.out_dir()
     select_dtype = resolve_select_dtype(cfg.select_dtype, device)
     with open_cache(cfg.cache, verify=cfg.verify) as cache:
         _check_sizes(cfg, int(cache.embed_dim))

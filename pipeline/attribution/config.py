@@ -46,8 +46,11 @@ class M2IBSettings:
 class AttributeConfig:
     out: Path = option(help="Output directory (one pair: D/maps.npz, D/tokens.json, pictures; "
                        "several: D/pairs.csv and D/pairs/<i>/...).")  # fmt: skip
-    model: str = option(DEFAULT_CLIP_MODEL, "Hugging Face CLIP id or local directory.")
-    revision: str | None = option(None, "Hub branch, tag or commit.")
+    model: str | None = option(None, "Hugging Face CLIP id or local directory (default: with "
+                               "--cache the model the cache was embedded with, else "
+                               f"{DEFAULT_CLIP_MODEL}).")  # fmt: skip
+    revision: str | None = option(None, "Hub branch, tag or commit (default: with --cache the "
+                                  "cache's).")  # fmt: skip
     image: Path | None = option(None, "One image file (any size; the map comes back at its size).")
     text: str | None = option(None, "The caption / concept to explain (with --image or --cache).")
     text_from: str | None = option(None, "'class' (the cache row's class in the cache's first "
@@ -56,6 +59,9 @@ class AttributeConfig:
     cache: Path | None = option(None, "Embedding cache whose dataset images to explain.")
     split: str = option("test", "--cache: the split to read.")
     limit: int = option(200, "--cache: first N readable rows of the split.")
+    allow_model_mismatch: bool = option(False, "--cache: explain its images with a --model (or "
+                                        "--revision) other than the one that embedded the "
+                                        "cache; refused by default.")  # fmt: skip
     vision_layer: float = option(0.75, "Vision bottleneck on the output of layers[round(f * "
                                  "depth)], at most depth-2 (ViT-B/32: 9 of 0..11).")  # fmt: skip
     text_layer: float = option(0.75, "Text bottleneck, same rule (CLIP text: 9 of 0..11).")
@@ -95,6 +101,8 @@ class AttributeConfig:
             raise ValueError(f"--limit and --batch-size must be >= 1, got {self.limit}, "
                              f"{self.batch_size}")  # fmt: skip
         self.settings("vision")  # validates the M2IB numbers with the bad value in the message
+        if self.model is None and self.cache is None:  # --cache: the cache's model, at run time
+            object.__setattr__(self, "model", DEFAULT_CLIP_MODEL)
 
     def settings(self, tower: str) -> M2IBSettings:
         frac = self.vision_layer if tower == "vision" else self.text_layer

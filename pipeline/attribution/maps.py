@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from core import atomic
+from core.outputs import Ownership, owned_output
 from pipeline.attribution.bottleneck import (
     attribute_images,
     attribute_texts,
@@ -29,6 +30,7 @@ from pipeline.attribution.bottleneck import (
     pair_generators,
 )
 from pipeline.attribution.config import AttributeConfig
+from pipeline.encoder import check_context
 from pipeline.errors import OutputExistsError, PipelineError
 from pipeline.preprocess import PreprocessSpec, crop_uint8, normalize_batch, resized_size
 
@@ -37,7 +39,8 @@ DEFAULT_TEMPLATE = "a photo of a {}."
 
 
 class AttributionInputError(PipelineError, ValueError):
-    """A pair that cannot be explained: empty or too long text, no texts in a CSV, ..."""
+    """A pair that cannot be explained: empty text, no texts in a CSV, ... (too long text:
+    `pipeline.encoder.TextTooLongError`)."""
 
 
 @dataclass
@@ -77,17 +80,12 @@ def load_model(model: str, revision, device: str, dtype: str):
 
 
 def token_ids(tokenizer, text: str, max_len: int, truncate: bool) -> list[int]:
-    """BOS + text tokens + EOS; empty text and (unless truncate) too-long text are errors."""
+    """BOS + text tokens + EOS; empty text and (unless truncate) too-long text are errors
+    (`check_context`, the rule `embed` applies to concepts)."""
     if not text or not text.strip():
         raise AttributionInputError(f"empty text {text!r}: give a caption or concept to explain")
-    ids = tokenizer(text)["input_ids"]
-    if len(ids) > max_len:
-        if not truncate:
-            raise AttributionInputError(
-                f"text {text[:40]!r}... has {len(ids)} tokens, more than the model's context of "
-                f"{max_len}; shorten it or pass --truncate (keeps the first {max_len - 1} tokens "
-                "and EOS)"
-            )
+    ids = tokenizer(text, verbose=False)["input_ids"]
+    if check_context([text], [len(ids)], max_len, truncate=truncate):  # embed's rule and message
         ids = ids[: max_len - 1] + ids[-1:]
     return ids
 
@@ -190,12 +188,36 @@ def save_pair(folder: Path, p: Prepared, image: np.ndarray, grid, text, pictures
         save_pictures(folder, image, heat, p.tokens, text)
 
 
-def run(cfg: AttributeConfig):
-    from pipeline.attribution.pairs import collect_pairs
+def _is_attribution_dir(d: Path) -> bool:
+    info = json.loads((d / "run.json").read_text()) if (d / "run.json").is_file() else None
+    if not isinstance(info, dict):
+        return False
+    legacy = {"config", "model", "vision_layer_index"} <= set(info)  # before the marker
+    return info.get("artifact") == ARTIFACT or legacy
 
+
+ARTIFACT = "clipcbm-attribution"  # run.json "artifact": the marker --overwrite recognises
+# what `--overwrite` may replace (core.outputs): a directory `attribute` wrote, only its files
+OWNERSHIP = Ownership(
+    "an attribution directory", "attribute", _is_attribution_dir,
+    frozenset({"run.json", "pairs.csv", "pairs", "maps.npz", "tokens.json", "input.png",
+               "overlay.png", "text.png"}),
+)  # fmt: skip
+
+
+def run(cfg: AttributeConfig):
+    """The `attribute` command (the output is locked for the run and replaced only if it is an
+    attribution directory: core.outputs)."""
+    with owned_output(cfg.out, OWNERSHIP, overwrite=cfg.overwrite,
+                      exists_error=OutputExistsError):  # fmt: skip
+        return _run(cfg)
+
+
+def _run(cfg: AttributeConfig):
+    from pipeline.attribution.pairs import collect_pairs, with_cache_model
+
+    cfg = with_cache_model(cfg)  # --cache: the cache's model; another one is refused
     out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        raise OutputExistsError(f"{out} exists; pass --overwrite or choose another --out")
     enc, spec = load_model(cfg.model, cfg.revision, cfg.device, cfg.dtype)
     pairs = collect_pairs(cfg)
     max_len = int(enc.model.config.text_config.max_position_embeddings)
@@ -240,6 +262,7 @@ def _write_tables(folder: Path, cfg, enc, rows, seconds) -> None:
     pd.DataFrame(rows).to_csv(folder / "pairs.csv", index=False)
     m = enc.model
     info = {
+        "artifact": ARTIFACT,
         "config": {k: _plain(v) for k, v in dataclasses.asdict(cfg).items()},
         "model": {"id": cfg.model, "revision": cfg.revision, "commit": enc.commit},
         "device": str(enc.device),
@@ -258,9 +281,9 @@ def _plain(v):
 
 
 def _progress(it, on: bool):
-    from tqdm import tqdm
+    from core.progress import bar
 
-    return tqdm(it, desc="M2IB batches", disable=not on)
+    return bar(it, desc="M2IB batches", enabled=on)
 
 
 @dataclass

@@ -7,13 +7,71 @@ dataset is rebuilt with `pipeline.datasets.build_dataset` and the images opened 
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from pathlib import Path
 
 from pipeline.attribution.config import AttributeConfig
 from pipeline.attribution.maps import DEFAULT_TEMPLATE, AttributionInputError, Pair
 from pipeline.datasets.base import open_rgb
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
 
 TEXT_COLUMNS = ("concept", "text")
+
+
+class ModelMismatchError(PipelineError, ValueError):
+    """`attribute --cache` with a --model (or --revision) other than the cache's model."""
+
+
+def _same_model(a: str, b: str) -> bool:
+    """The same model: the same id, or two paths of the same local directory."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()
+
+
+def _same_revision(a: str | None, b: str | None) -> bool:
+    return (a or "main") == (b or "main")
+
+
+def with_cache_model(cfg: AttributeConfig) -> AttributeConfig:
+    """`--cache`: the config with the model the cache was embedded with (its recorded
+    `model.id` / `model.revision`) when --model / --revision are not given; a different one
+    is refused unless --allow-model-mismatch (the maps would explain another CLIP than the
+    one whose embeddings the cache holds). Without --cache: cfg unchanged."""
+    if cfg.cache is None:
+        return cfg
+    from cache import open_cache
+
+    with open_cache(cfg.cache) as cache:
+        rec = cache.metadata.get("model")
+    rec = rec if isinstance(rec, dict) else {"id": rec}
+    rec_id, rec_rev = rec.get("id"), rec.get("revision")
+    if not rec_id:
+        if cfg.model is None:
+            raise AttributionInputError(
+                f"cache {cfg.cache} does not record the model it was embedded with; pass "
+                "--model (the CLIP that embedded it)"
+            )
+        log.warning("cache %s records no model: cannot check that it is %s", cfg.cache, cfg.model)
+        return cfg
+    model = cfg.model if cfg.model is not None else rec_id
+    revision = cfg.revision if cfg.revision is not None else rec_rev
+    if not (_same_model(model, rec_id) and _same_revision(revision, rec_rev)):
+        given = f"--model {model}" + (f" --revision {revision}" if revision else "")
+        recorded = str(rec_id) + (f" (revision {rec_rev})" if rec_rev else "")
+        if not cfg.allow_model_mismatch:
+            raise ModelMismatchError(
+                f"{given} is not the model cache {cfg.cache} was embedded with: {recorded}. "
+                "Leave out --model / --revision to use the cache's model, or pass "
+                f"--allow-model-mismatch to explain its images with {model} anyway"
+            )
+        log.warning("explaining the images of cache %s (embedded with %s) with %s, as asked",
+                    cfg.cache, recorded, given)  # fmt: skip
+    return dataclasses.replace(cfg, model=model, revision=revision)
 
 
 def texts_from_csv(path: Path) -> list[str]:

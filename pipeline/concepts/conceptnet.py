@@ -31,8 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
+from core.progress import bar as progress_bar
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -256,7 +255,8 @@ def index_dump(dump: Path, out: Path, chunksize: int = 500_000, progress: bool =
             chunksize=chunksize,
             compression="infer",
         )
-        for chunk in tqdm(reader, desc="index ConceptNet dump", unit="chunk", disable=not progress):
+        chunks = progress_bar(reader, desc="index ConceptNet dump", unit="chunk", enabled=progress)
+        for chunk in chunks:
             mask = (
                 chunk["rel"].isin(keep_rels)
                 & chunk["start"].str.startswith("/c/en/")
@@ -313,7 +313,7 @@ def conceptnet_candidates(
     """(concept, class, 'conceptnet:<Rel>') for every class, term and relation; `backend` is a
     ConceptNetAPI or ConceptNetDump (anything with `edges(term, rel) -> list[Edge]`)."""
     out = []
-    for cls in tqdm(classes, desc="ConceptNet", unit="class", disable=not progress):
+    for cls in progress_bar(classes, desc="ConceptNet", unit="class", enabled=progress):
         for term in class_terms(cls, query):
             edges = [e for rel in RELATIONS for e in backend.edges(term, rel)]
             out += [

@@ -32,7 +32,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
+
+from core.progress import bar as progress_bar
 
 from .io import ConceptSet
 
@@ -203,7 +204,7 @@ def suppress_near_duplicates(
     by_o, sim_o = np.full(n, -1), np.zeros(n)
     kept_rows: list[int] = []  # positions in `order` of kept concepts, increasing
     kept_x = np.empty_like(xo)  # their rows, contiguous: a view per block, never a gather
-    for start in tqdm(range(0, n, _BLOCK), desc="concept similarity", disable=not progress):
+    for start in progress_bar(range(0, n, _BLOCK), desc="concept similarity", enabled=progress):
         stop = min(start + _BLOCK, n)
         block = xo[start:stop]
         best_sim = np.full(stop - start, -np.inf)

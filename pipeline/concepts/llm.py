@@ -14,8 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tqdm.auto import tqdm
-
+from core.progress import bar as progress_bar
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -123,7 +122,7 @@ def llm_candidates(
         for kind, template in PROMPTS.items()
     ]
     records: list[dict] = []
-    bar = tqdm(total=len(jobs), desc="LLM prompts", unit="prompt", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc="LLM prompts", unit="prompt", enabled=progress)
     for start in range(0, len(jobs), chunk):
         batch = jobs[start : start + chunk]
         answers = generate([prompt for _, _, prompt in batch])
@@ -168,6 +167,9 @@ class HFGenerator:
     def load(
         cls, model_id: str, device: str = "auto", max_new_tokens: int = 256, batch_size: int = 8
     ) -> HFGenerator:
+        from pipeline.hub import pretrained_kwargs
+
+        kw = pretrained_kwargs(model_id, flag="--llm /path/to/model")  # offline: fail fast
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -176,9 +178,9 @@ class HFGenerator:
         dev = resolve_device(device)
         dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
         try:
-            tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=False)
+            tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=False, **kw)
             model = AutoModelForCausalLM.from_pretrained(
-                model_id, dtype=dtype, trust_remote_code=False
+                model_id, dtype=dtype, trust_remote_code=False, **kw
             )
         except (OSError, ValueError) as e:
             raise LLMError(

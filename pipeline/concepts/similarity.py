@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from core.progress import is_terminal
 from pipeline.errors import PipelineError
 
 from .filter import Embed
@@ -51,10 +52,14 @@ def sentence_embedder(
     model_id: str, device: str = "cpu", batch_size: int = 64, progress: bool = False
 ) -> Embed:
     """`SentenceTransformer(model_id)` (hub id or local directory, no remote code) as an Embed."""
+    from pipeline.hub import pretrained_kwargs
+
+    # offline: decided before sentence-transformers (and transformers) is even imported
+    kw = pretrained_kwargs(model_id, flag="--sim-model /path/to/model")
     from sentence_transformers import SentenceTransformer
 
     try:
-        model = SentenceTransformer(model_id, device=device, trust_remote_code=False)
+        model = SentenceTransformer(model_id, device=device, trust_remote_code=False, **kw)
     except (OSError, ValueError) as e:
         raise SimilarityModelError(
             f"could not load sentence-transformers model {model_id!r}: {e}. Give a hub id "
@@ -70,7 +75,7 @@ def sentence_embedder(
             batch_size=batch_size,
             convert_to_numpy=True,
             normalize_embeddings=True,
-            show_progress_bar=progress,
+            show_progress_bar=progress and is_terminal(),  # its bar: '\r' frames in a log
         )
 
     return embed

@@ -176,13 +176,55 @@ def open_rgb(path: Path, draft_short_side: int | None = None) -> Image.Image:
             if draft_short_side:
                 jpeg_draft(im, draft_short_side)
             im.load()  # force the full decode: PIL is lazy and would fail only on first use
-            if im.mode == "P" and "transparency" in im.info:
-                im = im.convert("RGBA")  # avoids PIL's palette-transparency warning
-            return im.convert("RGB")
+            return to_rgb(im, str(path))
+    except UnreadableImageError:
+        raise
     except FileNotFoundError as e:
         raise UnreadableImageError(f"{path}: file not found") from e
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise UnreadableImageError(f"{path}: {type(e).__name__}: {e}") from e
+
+
+# Pillow modes whose convert("RGB") is the image's 8-bit RGB (alpha dropped, palette looked up).
+# 48-bit RGB and 16-bit grey+alpha PNGs already open as RGB/RGBA/LA (Pillow keeps the high byte).
+_RGB_MODES = frozenset(
+    {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV"}
+)
+# 16-bit grey: convert("RGB") clips every value above 255 (a 16-bit photo turns white)
+_UINT16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+# formats whose mode-I pixels are 16-bit grey samples: 0..65535 (Pillow scales a PGM's maxval)
+_UINT16_AS_I = frozenset({"PNG", "PPM"})
+_NO_RGB = {
+    "I": "32-bit integer pixels",
+    "F": "32-bit float pixels",
+    "LAB": "CIELAB pixels",
+}
+
+
+def to_rgb(im: Image.Image, where: str = "image") -> Image.Image:
+    """`im` as 8-bit RGB, converted exactly or refused (UnreadableImageError naming the mode).
+
+    16-bit grey (I;16*, and mode I from a PNG or PGM) keeps the high byte (v >> 8), as Pillow
+    does for 48-bit RGB PNGs, so the same picture decodes alike in both. Pixels with no agreed
+    8-bit scale (32-bit integer or float, CIELAB) are refused, never clipped."""
+    mode = im.mode
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # avoids PIL's palette-transparency warning
+    if mode in _RGB_MODES:
+        return im.convert("RGB")
+    if mode in _UINT16_MODES or (mode == "I" and im.format in _UINT16_AS_I):
+        a = np.asarray(im)
+        if a.size and (a.min() < 0 or a.max() > 0xFFFF):
+            raise UnreadableImageError(
+                f"{where}: {im.format or 'image'} in Pillow mode {mode!r} holds values outside "
+                "0..65535, not 16-bit grey; convert it to 8-bit RGB (e.g. PNG) and re-run"
+            )
+        return Image.fromarray((a.astype(np.uint16) >> 8).astype(np.uint8)).convert("RGB")
+    what = _NO_RGB.get(mode, "pixels")
+    raise UnreadableImageError(
+        f"{where}: {im.format or 'image'} in Pillow mode {mode!r} ({what}) has no unambiguous "
+        "8-bit RGB conversion; convert the file to 8-bit RGB (e.g. PNG or JPEG) and re-run"
+    )
 
 
 def found(path: Path, limit: int = 8) -> str:
