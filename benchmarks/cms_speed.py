@@ -18,6 +18,10 @@ a fast normalisation that loses the classes is no win).
     python benchmarks/cms_speed.py --repeats 3      # fastest of 3 per figure (a busy machine)
     python benchmarks/cms_speed.py --n 5000 --modes core   # quick look
     python benchmarks/cms_speed.py --device cuda --out benchmarks/results/gpu/cms.json
+    python benchmarks/cms_speed.py --quick          # smoke run (CI): 2,000 x 64, |D| 200, |C| 20
+
+The JSON (`--out`) is written whole by one run with a `provenance` block
+(benchmarks/_provenance.py); `--quick` writes cms_speed.quick.json unless `--out` is given.
 """
 
 from __future__ import annotations
@@ -37,6 +41,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _provenance import Run, add_common_args, parse_args  # noqa: E402
+
+# --quick: tiny shapes, one normalisation, both modes (two children): seconds, not a result
+QUICK = {"n": 2000, "concepts": 200, "classes": 20, "dim": 64, "chunk": 512,
+         "normalize": ["column"]}  # fmt: skip
 
 
 def synthetic(n, n_concepts, n_classes, dim, seed=0):
@@ -211,16 +222,17 @@ def main(argv=None) -> int:
         help="run each measurement N times (fresh children); by_normalize keeps the fastest",
     )  # fmt: skip
     p.add_argument("--modes", nargs="+", default=["core", "e2e"], choices=["core", "e2e"])
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/cms_speed.json")
+    add_common_args(p, ROOT / "benchmarks/results/cms_speed.json", quick=QUICK)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mode", default="core", help=argparse.SUPPRESS)
     p.add_argument("--cache", default="", help=argparse.SUPPRESS)
     p.add_argument("--out-dir", default="", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     if args.worker:
         args.normalize = args.normalize[0]
         print(json.dumps(worker(args)))
         return 0
+    run = Run(args.quick)
     runs, cache_seconds = [], None
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "synthetic.zarr"
@@ -249,8 +261,7 @@ def main(argv=None) -> int:
         "targets": {"seconds": 60, "peak_rss_mib": 4096},
         "pass": worst_s < 60 and worst_mib < 4096,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    run.write(args.out, result)
     print_table(by_norm)
     verdict = "PASS" if result["pass"] else "FAIL"
     print(f"worst: {worst_s:.1f} s, peak RSS {worst_mib:.0f} MiB -> {verdict}")

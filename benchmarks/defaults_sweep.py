@@ -4,22 +4,28 @@ For each cache size and CBM loss, the default config and a few one-knob changes 
 (learning rates x0.1 / x10, step budget x0.25 / x4, batch 64 / 1024, fc-init zero / prior) are
 fitted; the defaults pass when their validation top-1 is within 1 point of the best of the
 sweep. Caches: planted synthetic (cache.planted), 10 classes, |D| = 143, E = 128, noise chosen
-so zero-shot is far from perfect. Writes benchmarks/results/defaults_sweep.json.
+so zero-shot is far from perfect. Writes benchmarks/results/defaults_sweep.json (`--out`, alias
+`--json`), whole, with a `provenance` block (benchmarks/_provenance.py).
 
     python benchmarks/defaults_sweep.py [--sizes 1000 10000 50000] [--losses l1 contrastive sparse]
+    python benchmarks/defaults_sweep.py --quick    # smoke run (CI): 500 rows, sparse, 2 configs;
+                                                   # writes defaults_sweep.quick.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _provenance import Run, add_common_args, parse_args  # noqa: E402
 
 from cache.planted import make_planted_cache  # noqa: E402
 from heads.cbm.config import FitHeadConfig  # noqa: E402
@@ -37,24 +43,29 @@ SWEEP = {
     "fc-init zero": {"fc_init": "zero"},
     "fc-init prior": {"fc_init": "prior"},
 }
+# --quick: one small cache, one loss, the default and one neighbour: seconds, not a result
+QUICK = {"sizes": [500], "losses": ["sparse"], "configs": ["default", "lr x10"], "n_test": 200}
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
     ap.add_argument("--losses", nargs="+", default=["l1", "contrastive", "sparse"])
     ap.add_argument("--configs", nargs="+", default=list(SWEEP))
-    ap.add_argument(
-        "--json", type=Path, default=Path(__file__).parent / "results" / "defaults_sweep.json"
-    )
-    args = ap.parse_args()
+    ap.add_argument("--n-test", type=int, default=2000, help="test rows of every cache")
+    add_common_args(ap, ROOT / "benchmarks/results/defaults_sweep.json", quick=QUICK,
+                    out_aliases=("--json",))  # fmt: skip
+    args = parse_args(ap, argv)
+    if "default" not in args.configs:
+        ap.error("--configs must include default (the gap is measured from it)")
+    run_ = Run(args.quick)
     logging.disable(logging.INFO)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
             path = make_planted_cache(
-                Path(tmp) / f"p{n}.zarr", n_train=n, n_test=2000, n_classes=10, n_concepts=143,
-                embed_dim=128, concepts_per_class=5, noise=6.0, seed=0,
+                Path(tmp) / f"p{n}.zarr", n_train=n, n_test=args.n_test, n_classes=10,
+                n_concepts=143, embed_dim=128, concepts_per_class=5, noise=6.0, seed=0,
             )  # fmt: skip
             for loss in args.losses:
                 rows = {}
@@ -81,15 +92,15 @@ def main() -> None:
                 print(f"n={n} {loss}: default is {100 * gap:.2f} points below the best", flush=True)
     out = {
         "benchmark": "defaults_sweep",
-        "cache": "planted: 10 classes, |D|=143, E=128, 5 concepts/class, noise 6.0, 2000 test",
+        "cache": f"planted: 10 classes, |D|=143, E=128, 5 concepts/class, noise 6.0, "
+        f"{args.n_test} test",
         "sweep": {k: SWEEP[k] for k in args.configs},
         "results": results,
         "all_within_1_point": all(v["within_1_point"] for v in results.values()),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    run_.write(args.out, out)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

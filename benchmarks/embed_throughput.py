@@ -7,6 +7,7 @@ the model load, so it still holds the DataLoader start and, with `--compile`, th
 With `--e2e-small N` a second, smaller run over N images is made first and the steady-state
 rate (`end_to_end_marginal_img_per_s`) = extra images / extra wall seconds between the two
 runs, which cancels every fixed cost (model load, workers' start, dynamo tracing).
+The JSON is written whole by one run with a `provenance` block (benchmarks/_provenance.py).
 
 `--compile` compiles the vision tower (`torch.compile`, as `embed --compile`) in (b) and (c);
 (b)'s warm-up then holds the compilation (`model_warmup_seconds`). The JPEGs are cycled (hard
@@ -16,13 +17,13 @@ links) when `--images` exceeds the distinct files; decoding each link is real wo
     python benchmarks/embed_throughput.py --arch vit-l-14 --device cuda --dtype fp16 --compile \
         --images 4096 --e2e-small 1024 --model-dir /tmp/vitl14 --out /tmp/embed.json
     python benchmarks/embed_throughput.py --arch tiny --device cpu                     # CPU smoke
+    python benchmarks/embed_throughput.py --quick      # CI smoke: tiny arch, 16 + 8 images, seconds
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import platform
 import shutil
@@ -33,7 +34,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _provenance import Run, add_common_args, parse_args  # noqa: E402
 
 from pipeline.embed import EmbedConfig, _collate, _Decoded, run  # noqa: E402
 from pipeline.encoder import DTYPES, ClipEncoder  # noqa: E402
@@ -68,6 +73,8 @@ ARCHS = {  # vision tower shapes; text tower kept small (it runs once per cache,
         projection_dim=64,
     ),
 }
+# --quick: the tiny arch on 16 JPEGs (+ a run of 8 for the marginal rate): seconds, not a result
+QUICK = {"arch": "tiny", "images": 16, "e2e_small": 8, "batch": 8, "iters": 2, "workers": 1}
 
 
 def build_model_dir(arch: str, out: Path) -> Path:
@@ -208,10 +215,9 @@ def main(argv=None) -> None:
         help="build the random-weight model here (reused when it holds the same arch)",
     )  # fmt: skip
     p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data")
-    p.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results/embed_throughput.json"
-    )
-    args = p.parse_args(argv)
+    add_common_args(p, ROOT / "benchmarks/results/embed_throughput.json", quick=QUICK)
+    args = parse_args(p, argv)
+    run_ = Run(args.quick)
     if not 0 <= args.e2e_small < args.images:
         p.error("--e2e-small must be in [0, --images)")
     workers = args.workers if args.workers >= 0 else max(1, (os.cpu_count() or 1) - 1)
@@ -275,8 +281,7 @@ def main(argv=None) -> None:
         "gpu_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
         "torch": torch.__version__,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    run_.write(args.out, result)
     width = max(map(len, result))
     for k, v in result.items():
         if k != "arch_config":

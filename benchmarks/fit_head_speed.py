@@ -20,7 +20,9 @@ for a quick look); the JSON records the shapes used.
 
 Synthetic images: each class is defined by a few planted concepts (unit weighted sum + noise),
 so the accuracies are meaningful but are not CLIP numbers. Writes
-benchmarks/results/fit_head_speed.json (or `--out`) and prints a table.
+benchmarks/results/fit_head_speed.json (or `--out`), whole, with a `provenance` block
+(benchmarks/_provenance.py), and prints a table. `--quick` (CI smoke run: both sizes shrunk
+with `--set`, 2 losses, 3 timed steps) writes fit_head_speed.quick.json unless `--out`.
 
     python benchmarks/fit_head_speed.py                       # both sizes, CPU (+ GPU if any)
     python benchmarks/fit_head_speed.py --sizes cifar10 --losses sparse,l1
@@ -44,7 +46,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _provenance import Run, add_common_args, parse_args  # noqa: E402
 
 from cache import open_cache, write_cache  # noqa: E402
 from heads.cbm.config import FitHeadConfig  # noqa: E402
@@ -69,6 +75,13 @@ SIZES = {
     ),
 }
 GEN_CHUNK = 16_384  # rows generated at a time (bounds the float32 temporaries)
+# --quick: both sizes shrunk (explicit --set values are applied after these), seconds
+QUICK = {
+    "set": ["cifar10.n_train=1000", "cifar10.n_test=200", "cifar10.e=64", "cifar10.d=30",
+            "cifar10.noise=2.0", "imagenet.n_train=2000", "imagenet.n_test=200", "imagenet.e=64",
+            "imagenet.d=120", "imagenet.c=20"],
+    "losses": "sparse,probe", "steps": 3, "eval_rows": 256,
+}  # fmt: skip
 
 
 def synthetic_arrays(n: int, d_emb, planted, rng, noise: float):
@@ -341,8 +354,9 @@ def main(argv=None):
              "(fast on a GPU; another random stream, so other accuracies)",
     )  # fmt: skip
     ap.add_argument("--workdir", type=Path, default=None, help="where caches go (default: tmp)")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/fit_head_speed.json"))
-    args = ap.parse_args(argv)
+    add_common_args(ap, ROOT / "benchmarks/results/fit_head_speed.json", quick=QUICK)
+    args = parse_args(ap, argv)
+    run_ = Run(args.quick)
     devices = parse_devices(args.devices)
     sizes = apply_overrides(SIZES, args.set)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fit_head_speed_"))
@@ -378,8 +392,7 @@ def main(argv=None):
         "sizes": sizes, "setup": setup, "generator": args.generator,
         "imagenet_mode": args.imagenet_mode, "results": rows,
     }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    run_.write(args.out, result)
     print_table(rows)
     print(f"\nwrote {args.out}")
 

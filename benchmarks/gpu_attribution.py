@@ -3,17 +3,22 @@
 
 One "pair" = the image map and the text map, 10 Adam steps x 10 noise samples each (the
 defaults), `--batch` pairs fitted together. The published implementation runs about 0.7
-pairs/s; the goal is >= 10 pairs/s for ViT-B/32 on one H100. Writes JSON (`--out`).
+pairs/s; the goal is >= 10 pairs/s for ViT-B/32 on one H100. Writes JSON (`--out`, default
+benchmarks/results/gpu/gpu_attribution.json), whole, with a `provenance` block
+(benchmarks/_provenance.py).
 
     python benchmarks/gpu_attribution.py --device cuda --dtype fp16 \
         --out benchmarks/results/gpu_attribution.json
-    python benchmarks/gpu_attribution.py --dry-run      # CPU, tiny shape, seconds (tested)
+    python benchmarks/gpu_attribution.py --quick --device cpu --dtype fp32   # tiny shape, 2 x 2
+    python benchmarks/gpu_attribution.py --dry-run      # = that: CPU, tiny shape, seconds (tested)
+
+`--quick` (tiny shape, batch 2, one repeat, 2 Adam steps x 2 noise samples) writes
+gpu_attribution.quick.json unless --out is given.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -21,7 +26,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _provenance import Run, add_common_args, parse_args  # noqa: E402
 
 from pipeline.attribution.bottleneck import (  # noqa: E402
     M2IBSettings,
@@ -82,6 +91,13 @@ def measure(model, size, batch, tokens, settings, device, dtype, repeats) -> dic
     return out
 
 
+class _DryRun(argparse.Action):
+    """--dry-run: sets --quick too (so the quick defaults apply)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.dry_run = namespace.quick = True
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", action="append", choices=list(ARCHS))
@@ -90,11 +106,16 @@ def main(argv=None) -> dict:
     p.add_argument("--batch", type=int, action="append", help="pairs per batch (repeatable)")
     p.add_argument("--tokens", type=int, default=16, help="text length incl. BOS/EOS")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--dry-run", action="store_true", help="CPU, tiny shape, 2 steps x 2 samples")
-    p.add_argument("--out", type=Path)
-    a = p.parse_args(argv)
+    p.add_argument("--dry-run", action=_DryRun, nargs=0, default=False,
+                   help="--quick on the CPU in fp32 (tiny shape, 2 steps x 2 samples)")  # fmt: skip
+    add_common_args(p, ROOT / "benchmarks/results/gpu/gpu_attribution.json",
+                    quick={"repeats": 1})  # fmt: skip
+    a = parse_args(p, argv)
+    run = Run(a.quick)
     if a.dry_run:
-        a.arch, a.device, a.dtype, a.batch, a.repeats = ["tiny"], "cpu", "fp32", [2], 1
+        a.device, a.dtype = "cpu", "fp32"
+    if a.quick:
+        a.arch, a.batch = a.arch or ["tiny"], a.batch or [2]
         settings = M2IBSettings(steps=2, samples=2)
     else:
         settings = M2IBSettings()
@@ -114,9 +135,8 @@ def main(argv=None) -> dict:
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(result, indent=2))
+    run.write(a.out, result)
+    print(f"wrote {a.out}")
     return result
 
 

@@ -10,13 +10,14 @@ cache is written or read, so the GPU machine needs torch only (no zarr).
     python benchmarks/gpu_sae.py [--device cuda] [--rows 1281167] [--out FILE] [--quick]
     GPU_SUITE: python benchmarks/gpu_sae.py --out "$RESULTS/sae_gpu.json"
 
-`--device cpu --quick` is the dry run (tiny sizes).
+`--device cpu --quick` is the dry run (tiny sizes: 20,000 + 2,000 rows x 64; CI runs it). The
+JSON is written whole by one run with a `provenance` block (benchmarks/_provenance.py);
+`--quick` writes sae_gpu.quick.json unless --out is given.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _provenance import Run, add_common_args, parse_args  # noqa: E402
 
 from heads.sae.config import FitSaeConfig  # noqa: E402
 from heads.sae.data import TrainRows  # noqa: E402
@@ -80,17 +84,21 @@ def one(rows, held, expansion: int, k: int, device, epochs: float) -> dict:
             "dead_train": trained.dead_train}  # fmt: skip
 
 
+QUICK = {"rows": 20_000, "held": 2_000, "dim": 64}  # --quick: seconds on a CPU
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--rows", type=int, default=1_281_167)
+    ap.add_argument("--held", type=int, default=50_000, help="held-out rows for the FVU")
+    ap.add_argument("--dim", type=int, default=768, help="embedding width E")
     ap.add_argument("--epochs", type=float, default=1.0)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/gpu/sae_gpu.json")
-    args = ap.parse_args(argv)
+    add_common_args(ap, ROOT / "benchmarks/results/gpu/sae_gpu.json", quick=QUICK)
+    args = parse_args(ap, argv)
+    run = Run(args.quick)
     device = torch.device(args.device)
-    n, n_held = (20_000, 2_000) if args.quick else (args.rows, 50_000)
-    e = 64 if args.quick else 768
+    n, n_held, e = args.rows, args.held, args.dim
     x = synthetic(n + n_held, e, device)
     rows, held = rows_of(x[:n]), x[n:]
     settings = [(8, 16), (8, 32), (8, 64), (32, 32)]
@@ -105,8 +113,7 @@ def main(argv=None) -> None:
             f"FVU {r['fvu']:.4f}, dead {100 * r['dead_fraction']:.2f}%",
             flush=True,
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    run.write(args.out, res)
     print(f"wrote {args.out}")
 
 

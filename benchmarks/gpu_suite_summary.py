@@ -59,9 +59,19 @@ def rel(results: Path, name: str) -> str:
         return p.as_posix()
 
 
-def marker(results: Path, names: list[str]) -> str:
+def marker(results: Path, names: list[str], mapping: list[str]) -> str:
+    """The numbers marker of a table: its JSON files and one `row KEY: ...` line per body row
+    (benchmarks/check_readme.py: every number shown keyed to the JSON value it comes from)."""
     present = [rel(results, n) for n in names if (results / n).exists()]
-    return f"<!-- numbers: {' '.join(present)} -->" if present else ""
+    if not present:
+        return ""
+    return "\n".join([f"<!-- numbers: {' '.join(present)}", *mapping, "-->"])
+
+
+def _key(x) -> str:
+    """A selector value: bare when check_readme's grammar allows it, else backquoted."""
+    s = str(x)
+    return s if s and not any(c in s for c in " `[],=|&*:{}.") else f"`{s}`"
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -76,11 +86,19 @@ def embed_section(results: Path) -> list[str]:
         return ["(a) stage one: no embed.json / embed_compile.json (see the steps table)", ""]
     arch = {"vit-l-14": "ViT-L/14", "vit-b-16": "ViT-B/16"}.get(ref["arch"], ref["arch"])
     title = f"{arch} ({ref['dtype']}, {ref['device_name']})"
-    rows = []
-    for label, r in (("eager", eager), ("`--compile`", comp)):
+    rows, mapping = [], []
+    keys = ("decode_preprocess_img_per_s", "model_forward_img_per_s", "end_to_end_img_per_s",
+            "end_to_end_marginal_img_per_s", "model_warmup_seconds")  # fmt: skip
+    for label, name, r in (
+        ("eager", "embed.json", eager),
+        ("`--compile`", "embed_compile.json", comp),
+    ):
+        key = "eager" if name == "embed.json" else "compile"
         if r is None:
             rows.append([label] + [DASH] * 5)
+            mapping.append(f"row {key}: -" + " | -" * 5)
             continue
+        mapping.append(f"row {key}: -" + "".join(f" | ?{name}:{k}" for k in keys))
         rows.append([
             label,
             fmt(r.get("decode_preprocess_img_per_s"), "img/s", 0),
@@ -99,7 +117,7 @@ def embed_section(results: Path) -> list[str]:
         "two forwards (the compilation with `--compile`). Target on one H100: "
         f"≥ {TARGETS['model']:,} img/s model only, ≥ {TARGETS['e2e']:,} img/s end to end."
     )
-    m = marker(results, ["embed.json", "embed_compile.json"])
+    m = marker(results, ["embed.json", "embed_compile.json"], mapping)
     return [note, "", *([m] if m else []), *table(head, rows), ""]
 
 
@@ -108,10 +126,18 @@ def fit_section(results: Path) -> list[str]:
     if r is None:
         return ["(b) fit-head: no fit_head_imagenet.json (see the steps table)", ""]
     size = r["sizes"]["imagenet"]
-    rows = []
+    rows, mapping = [], []
     for x in r["results"]:
         if x["size"] != "imagenet":
             continue
+        sel = f"results[size=imagenet, loss={_key(x['loss'])}, device={_key(x['device'])}]"
+        mapping.append(
+            f"row {len(mapping)}: -"
+            + "".join(
+                f" | ?{sel}.{k}"
+                for k in ("seconds_per_epoch", "seconds", "val_top1", "test_top1", "gpu_peak_mib")
+            )
+        )
         rows.append([
             f"{x['loss']} ({x['device']})",
             fmt(x.get("seconds_per_epoch"), "s", 1),
@@ -129,7 +155,7 @@ def fit_section(results: Path) -> list[str]:
         "whole run = cache load, fit, final evaluation. Target on one H100: "
         f"< {TARGETS['epoch_s']} s/epoch."
     )
-    m = marker(results, ["fit_head_imagenet.json"])
+    m = marker(results, ["fit_head_imagenet.json"], mapping)
     return [note, "", *([m] if m else []), *table(head, rows), ""]
 
 
@@ -138,10 +164,21 @@ def cms_section(results: Path) -> list[str]:
     if r is None:
         return ["(c) cms-eval: no cms_imagenet.json (see the steps table)", ""]
     sh = r["shape"]
-    rows = []
+    rows, mapping = [], []
     for norm, x in r.get("by_normalize", {}).items():
         gpu = max((x.get(k) or 0 for k in ("core_gpu_peak_mib", "e2e_gpu_peak_mib")), default=0)
         rss = max((x.get(k) or 0 for k in ("core_peak_rss_mib", "e2e_peak_rss_mib")), default=0)
+        # the one key each peak column shows (the larger of the two)
+        k_gpu = max(("core_gpu_peak_mib", "e2e_gpu_peak_mib"), key=lambda k: x.get(k) or 0)
+        k_rss = max(("core_peak_rss_mib", "e2e_peak_rss_mib"), key=lambda k: x.get(k) or 0)
+        p = f"by_normalize.{_key(norm)}"
+        mapping.append(
+            f"row {len(mapping)}: -"
+            + "".join(
+                f" | ?{p}.{k}"
+                for k in ("e2e_seconds", "core_seconds", "cms_top1", "zs_top1", k_rss, k_gpu)
+            )
+        )
         rows.append([
             norm,
             fmt(x.get("e2e_seconds"), "s", 2),
@@ -158,7 +195,7 @@ def cms_section(results: Path) -> list[str]:
         f"classes on {r.get('device', 'cpu')} (`benchmarks/cms_speed.py`, synthetic cache; "
         "top-1 on its synthetic labels). Target: < 60 s, < 4 GiB."
     )
-    m = marker(results, ["cms_imagenet.json"])
+    m = marker(results, ["cms_imagenet.json"], mapping)
     return [note, "", *([m] if m else []), *table(head, rows), ""]
 
 

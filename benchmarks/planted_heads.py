@@ -8,14 +8,15 @@ of |a_j| <= 1e-3 * max|a| per image, and the mean number of active concepts).
 
     python benchmarks/planted_heads.py                       # 8 classes, 40 concepts, noise 2.0
     python benchmarks/planted_heads.py --noise 2.5 --classes 5 --concepts 24
+    python benchmarks/planted_heads.py --quick     # smoke run (CI): 2 heads, <= 2 epochs each
 
-Writes benchmarks/results/planted_heads.json (or --json).
+Writes benchmarks/results/planted_heads.json (or --out / --json), whole, with a `provenance`
+block (benchmarks/_provenance.py); `--quick` writes planted_heads.quick.json unless --out.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -24,7 +25,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _provenance import Run, add_common_args, parse_args  # noqa: E402
 
 from cache import open_cache  # noqa: E402
 from cache.planted import N_TEST, N_TRAIN, make_planted_cache, planted_from_cache  # noqa: E402
@@ -54,6 +59,8 @@ HEADS = {
     "probe": dict(loss="probe"),
     "zs-probe": dict(loss="zs-probe"),
 }
+# --quick: one CBM head and one baseline, each capped at 2 epochs: seconds, not a result
+QUICK = {"heads": ["sparse", "probe"], "epochs": 2}
 
 
 def planted_recall(contrib, pred, labels, planted, k: int = 5) -> float:
@@ -70,16 +77,20 @@ def planted_recall(contrib, pred, labels, planted, k: int = 5) -> float:
     return found / total
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--classes", type=int, default=8)
     ap.add_argument("--concepts", type=int, default=40)
     ap.add_argument("--noise", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--json", type=Path, default=Path(__file__).parent / "results" / "planted_heads.json"
-    )
-    args = ap.parse_args()
+    ap.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS),
+                    metavar="NAME", help="heads to fit (default: all)")  # fmt: skip
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="cap on epochs of every CBM fit (default: fit-head's, none)")  # fmt: skip
+    add_common_args(ap, ROOT / "benchmarks/results/planted_heads.json", quick=QUICK,
+                    out_aliases=("--json",))  # fmt: skip
+    args = parse_args(ap, argv)
+    run_ = Run(args.quick)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = make_planted_cache(
@@ -89,7 +100,8 @@ def main() -> None:
             noise=args.noise,
             seed=args.seed,
         )
-        for name, over in HEADS.items():
+        for name in args.heads:
+            over = {**HEADS[name], **({} if args.epochs is None else {"epochs": args.epochs})}
             cfg = FitHeadConfig(
                 cache=path, out=Path(tmp) / "head", seed=args.seed, progress=False,
                 overwrite=True, **over,
@@ -127,15 +139,15 @@ def main() -> None:
             "test": N_TEST,
         },  # fmt: skip
         "heads": rows,
+        "epochs_cap": args.epochs,
         "machine": {
             "platform": platform.platform(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
         },  # fmt: skip
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    run_.write(args.out, result)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

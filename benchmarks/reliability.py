@@ -11,6 +11,8 @@
 
     python benchmarks/reliability.py                      # all three, JSON to results/
     python benchmarks/reliability.py --rows 200000 --kills 20
+    python benchmarks/reliability.py --only concurrent    # -> results/reliability.concurrent.json
+    python benchmarks/reliability.py --quick              # smoke run (seconds)
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _provenance import Run, quick_out  # noqa: E402
+
+PARTS = ("reads", "jpeg", "faults", "concurrent")
 
 
 def bench_checked_reads(rows: int, dim: int, tmp: Path) -> dict:
@@ -117,13 +123,19 @@ def _state(path: Path) -> dict:
     return s
 
 
-def bench_fault_injection(kills: int, tmp: Path, seed: int) -> dict:
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def _embed_setup(tmp: Path, n_images: int):
+    """A tiny CLIP and `n_images` real CIFAR-10 JPEGs (3 in 4 train); returns cmd(out)."""
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import build_tiny_clip
 
-    model = build_tiny_clip(tmp / "model")
-    root = tmp / "data"
-    files = sorted((SHARED / "cifar10_test_jpg").rglob("*.jpg"))[:48]
+    model = tmp / "model"
+    if not model.is_dir():
+        build_tiny_clip(model)
+    root = tmp / f"data{n_images}"
+    files = sorted((SHARED / "cifar10_test_jpg").rglob("*.jpg"))[:n_images]
     for i, f in enumerate(files):
         split = "train" if i % 4 else "test"
         d = root / split / f.parent.name
@@ -131,7 +143,6 @@ def bench_fault_injection(kills: int, tmp: Path, seed: int) -> dict:
         shutil.copy(f, d / f.name)
     concepts = tmp / "concepts.txt"
     concepts.write_text("wings\nwheels\nfur\nwater\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
     def cmd(out):
         return [sys.executable, str(ROOT / "cli.py"), "embed", "--dataset", "imagefolder",
@@ -139,8 +150,14 @@ def bench_fault_injection(kills: int, tmp: Path, seed: int) -> dict:
                 str(model), "--device", "cpu", "--workers", "0", "--batch-size", "4",
                 "--shard-rows", "4", "--chunk-rows", "2", "--no-progress"]  # fmt: skip
 
+    return cmd
+
+
+def bench_fault_injection(kills: int, tmp: Path, seed: int, n_images: int = 48,
+                          formats=("zarr", "hdf5")) -> dict:  # fmt: skip
+    cmd, env = _embed_setup(tmp, n_images), ENV
     rng, results = random.Random(seed), []
-    for fmt in ("zarr", "hdf5"):
+    for fmt in formats:
         ref = tmp / f"ref.{'zarr' if fmt == 'zarr' else 'h5'}"
         t0 = time.perf_counter()
         subprocess.run(cmd(ref), check=True, env=env, capture_output=True)
@@ -189,6 +206,95 @@ def summarize_faults(results: list[dict]) -> dict:
     }
 
 
+def _head_cache(tmp: Path) -> Path:
+    from cache import write_cache
+
+    rng = np.random.default_rng(0)
+    e, c, d = 32, 10, 40
+    splits = {s: {"image_emb": rng.normal(size=(n, e)), "labels": rng.integers(0, c, n)}
+              for s, n in (("train", 2000), ("test", 500))}  # fmt: skip
+    return write_cache(tmp / "heads.zarr", splits=splits,
+                       concepts=[f"concept {i}" for i in range(d)],
+                       classes=[f"class {i}" for i in range(c)],
+                       concept_emb=rng.normal(size=(d, e)),
+                       class_emb=rng.normal(size=(c, e)))  # fmt: skip
+
+
+def _busy(r: subprocess.CompletedProcess) -> bool:
+    return r.returncode == 2 and "another run is writing" in r.stderr
+
+
+def bench_concurrent(trials: int, tmp: Path, seed: int, n_images: int = 48) -> dict:
+    """Two runs of one command on one output, the second started a random offset after the first
+    (0 .. 1.2x the run's length): `embed` (zarr, HDF5) and `fit-head`. Every run must end in
+    exactly one of: it wrote (exit 0), it found the same work already done (embed: "nothing to
+    do"), or it was refused with exit 2 (another run holds the lock; a head is there already).
+    A run is LOST when it exited 0 claiming to have written, but what is on disk is not its
+    output (two fit-head runs both "wrote", or the finished cache differs from a reference), or
+    a run ended in anything else (a traceback, another exit code)."""
+    cmd = _embed_setup(tmp, n_images)
+    cache = _head_cache(tmp)
+
+    def fit(out, s):
+        return [sys.executable, str(ROOT / "cli.py"), "fit-head", "--cache", str(cache), "--out",
+                str(out), "--loss", "l1", "--device", "cpu", "--no-progress", "--seed",
+                str(s)]  # fmt: skip
+
+    refs, full = {}, {}
+
+    def reference(kind):  # one uninterrupted run: the state to compare with, and its length
+        if kind not in full:
+            t0 = time.perf_counter()
+            if kind == "fit-head":
+                subprocess.run(fit(tmp / "href", 0), check=True, env=ENV, capture_output=True)
+            else:
+                ref = tmp / f"cref.{'zarr' if kind == 'zarr' else 'h5'}"
+                subprocess.run(cmd(ref), check=True, env=ENV, capture_output=True)
+                refs[kind] = _state(ref)
+            full[kind] = time.perf_counter() - t0
+
+    rng, runs = random.Random(seed), []
+    kinds = ("zarr", "hdf5", "fit-head")
+    for t in range(trials):
+        kind = kinds[t % 3]
+        reference(kind)
+        out = tmp / f"race{t}.{ {'zarr': 'zarr', 'hdf5': 'h5'}.get(kind, 'head') }"
+        offset = rng.uniform(0, 1.2 * full[kind])
+        argv = [fit(out, 0), fit(out, 1)] if kind == "fit-head" else [cmd(out), cmd(out)]
+        first = subprocess.Popen(argv[0], env=ENV, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
+        time.sleep(offset)
+        second = subprocess.run(argv[1], env=ENV, capture_output=True, text=True)
+        o1, e1 = first.communicate()
+        results = [subprocess.CompletedProcess(argv[0], first.returncode, o1, e1), second]
+        if kind == "fit-head":
+            wrote = [r.returncode == 0 for r in results]
+            seed_on_disk = json.loads((out / "config.json").read_text())["seed"]
+            refused = [r.returncode == 2 and ("another run is writing" in r.stderr
+                                              or "holds a head directory already" in r.stderr)
+                       for r in results]  # fmt: skip
+            lost = sum(wrote) - (1 if wrote[seed_on_disk] else 0)
+            lost += sum(not (w or f) for w, f in zip(wrote, refused, strict=True))
+            busy = sum(_busy(r) for r in results)
+        else:
+            ok = [r.returncode == 0 for r in results]
+            same = any(ok) and _state(out) == refs[kind]
+            lost = 0 if same else sum(ok)  # a run that said it finished, and the cache is not it
+            lost += sum(not (r.returncode == 0 or _busy(r)) for r in results)
+            busy = sum(_busy(r) for r in results)
+        detail = [r.stderr.strip().splitlines()[-1] if r.returncode and r.stderr.strip() else ""
+                  for r in results]  # fmt: skip
+        runs.append({"command": kind, "offset_s": round(offset, 2), "exit_codes":
+                     [r.returncode for r in results], "busy_refusals": busy, "lost": lost,
+                     "detail": detail})  # fmt: skip
+        print(f"  {kind:8s} second run at +{offset:5.2f} s: exit {runs[-1]['exit_codes']}, "
+              f"lost {lost}", flush=True)  # fmt: skip
+    return {"trials": trials, "run_seconds": full, "runs": runs,
+            "lost_runs": sum(r["lost"] for r in runs),
+            "busy_refusals": sum(r["busy_refusals"] for r in runs),
+            "overlapping_trials": sum(r["busy_refusals"] > 0 for r in runs)}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=400_000)
@@ -196,13 +302,23 @@ def main() -> None:
     ap.add_argument("--jpegs", type=int, default=300)
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/reliability.json")
-    ap.add_argument("--only", choices=("reads", "jpeg", "faults"), action="append",
-                    help="only these parts (repeatable; the JSON keeps the rest)")  # fmt: skip
+    ap.add_argument("--trials", type=int, default=20, help="concurrent-run trials")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON to write (default results/reliability.json; with --only or "
+                         "--quick a separate file: one run writes one whole JSON)")  # fmt: skip
+    ap.add_argument("--only", choices=PARTS, action="append",
+                    help="only these parts (repeatable), written to their own JSON")  # fmt: skip
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not a result")
     args = ap.parse_args()
-    only = set(args.only or ("reads", "jpeg", "faults"))
-    result = json.loads(args.out.read_text()) if args.only and args.out.is_file() else {}
-    result.update({"platform": platform.platform(), "cpus": os.cpu_count()})
+    run = Run(args.quick)
+    if args.quick:
+        args.rows, args.jpegs, args.kills, args.trials = 2000, 6, 2, 1
+    only = set(args.only or PARTS)
+    default = ROOT / "benchmarks/results/reliability.json"
+    if args.only:
+        default = default.with_name(f"reliability.{'-'.join(sorted(only))}.json")
+    args.out = args.out or quick_out(default, args.quick)
+    result = {"platform": platform.platform(), "cpus": os.cpu_count(), "parts": sorted(only)}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if "reads" in only:
@@ -216,12 +332,20 @@ def main() -> None:
             print(json.dumps([result["jpeg_draft"], result["jpeg_draft_large"]], indent=1))
         if "faults" in only:
             print("(c) fault injection", flush=True)
-            result["fault_injection"] = bench_fault_injection(args.kills, tmp, args.seed)
+            n, formats = (12, ("zarr",)) if args.quick else (48, ("zarr", "hdf5"))
+            result["fault_injection"] = bench_fault_injection(args.kills, tmp, args.seed, n,
+                                                              formats)  # fmt: skip
             fi = result["fault_injection"]
             print(f"identical after resume: {fi['identical']} / {fi['total']} "
                   f"({fi['kills']} killed)")  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+        if "concurrent" in only:
+            print("(d) two runs on one output", flush=True)
+            n = 12 if args.quick else 48
+            result["concurrent"] = bench_concurrent(args.trials, tmp, args.seed, n)
+            c = result["concurrent"]
+            print(f"lost runs: {c['lost_runs']} of {2 * c['trials']} ({c['busy_refusals']} "
+                  f"refused as busy, {c['overlapping_trials']} trials overlapped)")  # fmt: skip
+    run.write(args.out, result)
     print(f"wrote {args.out}")
 
 

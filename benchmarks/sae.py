@@ -24,7 +24,16 @@ throughput; seconds include loading the split and the held-out evaluation.
 Tuning (the evidence behind the defaults): k = 32, 1000 steps of 512 rows on the real-text
 cache, one knob changed at a time (learning rate, bf16 vs fp32 selection, expansion).
 
-Writes benchmarks/results/sae.json (or --out) and prints markdown tables.
+Writes benchmarks/results/sae.json (or --out) and prints markdown tables. One run writes one
+whole file (benchmarks/_provenance.py: a `provenance` block with commit, clean flag, command,
+threads, load average); nothing is merged from an older JSON. A run of some parts only
+(`--part real`) writes `sae.part-<parts>.json` (e.g. sae.part-real.json) unless --out is
+given, so sae.json, which the README tables read, always holds all three parts of one run.
+
+`--quick` (CI smoke run, seconds): 300 of the texts, k = 32 only, one tuning knob, 20 steps per
+fit, sae-eval on the text cache itself instead of the description proxies, a 4,000 x 64
+synthetic cache; everything in a temporary folder (not runs/sae-bench) unless --work; writes
+sae.quick.json unless --out.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,10 +53,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _provenance import Run, add_common_args, parse_args  # noqa: E402
+
 from cache import open_cache, write_cache  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 WORK = ROOT / "runs" / "sae-bench"
+PARTS = ("real", "synthetic", "tuning")
+QUICK_TEXTS = 300  # --quick: a seeded sample of the texts
+QUICK_STEPS = 20  # --quick: optimizer steps of every fit
 CLASS_LISTS = ("_classes.txt", "categories_places365_clean.txt")
 ANCHORS = {
     "MSAE (Matryoshka SAE on CLIP)": "cosine ~0.99, FVU < 0.1 at ~20% active latents",
@@ -76,14 +91,30 @@ def collect_texts(data: Path) -> dict:
             "files": files}  # fmt: skip
 
 
-def build_text_cache(data: Path, out: Path, seed: int = 0) -> tuple[Path, dict]:
+def subsample(src: dict, n: int, seed: int = 0) -> dict:
+    """`src` restricted to a seeded sample of n texts (the concepts among them kept)."""
+    keep = sorted(np.random.default_rng(seed).permutation(len(src["texts"]))[:n])
+    texts = [src["texts"][i] for i in keep]
+    chosen = set(texts)
+    concepts = [c for c in src["concepts"] if c in chosen]
+    return {**src, "texts": texts, "concepts": concepts,
+            "n_descriptions": len(chosen - set(concepts))}  # fmt: skip
+
+
+def build_text_cache(
+    data: Path, out: Path, seed: int = 0, max_texts: int | None = None
+) -> tuple[Path, dict]:
     from description_proxy import _model_record, model_path
 
     src = collect_texts(data)
+    if max_texts is not None and max_texts < len(src["texts"]):
+        src = subsample(src, max_texts, seed)
     mpath = model_path()
     model = _model_record(mpath)
     ident = {"texts": len(src["texts"]), "files": src["files"], "seed": seed, "builder": 1,
              "model": model["weights_sha256"]}  # fmt: skip
+    if max_texts is not None:
+        ident["max_texts"] = max_texts
     if out.exists():
         try:
             with open_cache(out) as c:
@@ -148,24 +179,25 @@ def _log(name: str, r: dict) -> None:
           f"{100 * r['dead_fraction']:.2f}% {r['samples_per_s']:,.0f}/s", flush=True)  # fmt: skip
 
 
-def real_part(data: Path, quick: bool) -> dict:
-    cache, src = build_text_cache(data, WORK / "texts.zarr")
-    run = {**RUN, "max_steps": 100} if quick else RUN
+def real_part(data: Path, quick: bool, work: Path = WORK) -> dict:
+    cache, src = text_cache(data, quick, work)
+    run = {**RUN, "max_steps": QUICK_STEPS} if quick else RUN
     rows = []
-    for k in (16, 32, 64):
+    for k in (32,) if quick else (16, 32, 64):
         for aux in (True, False):
             for center in (True, False):
                 if quick and not (aux and center):
                     continue
                 name = f"x8-k{k}-{'aux' if aux else 'noaux'}-{'c' if center else 'nc'}"
-                r = fit(cache, WORK / "real" / name, expansion=8, k=k,
+                r = fit(cache, work / "real" / name, expansion=8, k=k,
                         k_aux=None if aux else 0, center=center, **run)  # fmt: skip
                 rows.append({"k": k, "auxk": aux, "center": center, **r})
                 _log(name, r)
-    defaults = fit(cache, WORK / "real" / "defaults", expansion=8, k=32,
-                   **({"max_steps": 100} if quick else {}))  # fmt: skip
+    defaults = fit(cache, work / "real" / "defaults", expansion=8, k=32,
+                   **({"max_steps": QUICK_STEPS} if quick else {}))  # fmt: skip
     _log("fit-sae defaults", defaults)
-    kept = accuracy_kept(WORK / "real" / "x8-k32-aux-c")
+    # --quick: sae-eval on the text cache itself (the proxy caches embed thousands of texts)
+    kept = accuracy_kept(work / "real" / "x8-k32-aux-c", work, {"texts": cache} if quick else None)
     return {"texts": len(src["texts"]), "concepts": len(src["concepts"]),
             "descriptions": src["n_descriptions"], "files": src["files"], "settings": run,
             "runs": rows, "defaults": defaults, "pca_fvu": pca_baseline(cache),
@@ -179,30 +211,38 @@ TUNING = [  # one knob away from the sweep's settings (k = 32, 1000 steps of 512
 ]  # fmt: skip
 
 
-def tuning_part(data: Path, quick: bool) -> dict:
+def text_cache(data: Path, quick: bool, work: Path) -> tuple[Path, dict]:
+    if quick:
+        return build_text_cache(data, work / "texts-quick.zarr", max_texts=QUICK_TEXTS)
+    return build_text_cache(data, work / "texts.zarr")
+
+
+def tuning_part(data: Path, quick: bool, work: Path = WORK) -> dict:
     """The evidence behind fit-sae's defaults: learning rate, selection precision, width."""
-    cache, _ = build_text_cache(data, WORK / "texts.zarr")
+    cache, _ = text_cache(data, quick, work)
     rows = []
-    for knobs in TUNING[:2] if quick else TUNING:
-        kw = {"expansion": 8, "k": 32, "batch_size": 512, "max_steps": 100 if quick else 1000,
-              **knobs}  # fmt: skip
-        r = fit(cache, WORK / "tuning" / "run", **kw)
+    for knobs in TUNING[:1] if quick else TUNING:
+        kw = {"expansion": 8, "k": 32, "batch_size": 512,
+              "max_steps": QUICK_STEPS if quick else 1000, **knobs}  # fmt: skip
+        r = fit(cache, work / "tuning" / "run", **kw)
         rows.append({"settings": kw, **r})
         _log(str(knobs), r)
     return {"runs": rows}
 
 
-def accuracy_kept(sae: Path) -> list[dict]:
-    """sae-eval of the default real-text SAE on the description proxy caches (same model)."""
-    from description_proxy import build_proxy_cache
-
+def accuracy_kept(sae: Path, work: Path = WORK, caches: dict | None = None) -> list[dict]:
+    """sae-eval of the default real-text SAE on the description proxy caches (same model);
+    `caches` (name -> cache path) replaces them (--quick)."""
     from heads.sae.config import SaeEvalConfig
     from heads.sae.evaluation import run_sae_eval
 
+    if caches is None:
+        from description_proxy import build_proxy_cache
+
+        caches = {ds: build_proxy_cache(ds) for ds in ("cifar10", "cub")}
     out = []
-    for ds in ("cifar10", "cub"):
-        cache = build_proxy_cache(ds)
-        r = run_sae_eval(SaeEvalConfig(sae=sae, cache=cache, out=WORK / "eval" / ds,
+    for ds, cache in caches.items():
+        r = run_sae_eval(SaeEvalConfig(sae=sae, cache=cache, out=work / "eval" / ds,
                                        progress=False))  # fmt: skip
         m = r.metrics
         out.append(
@@ -243,9 +283,9 @@ def synthetic_arrays(n: int, e: int, seed: int, n_atoms: int = 8192, active: int
     return out
 
 
-def synthetic_part(quick: bool) -> dict:
-    n, e, n_test = (40_000, 768, 4_000) if quick else (1_281_167, 768, 50_000)
-    path = WORK / ("synthetic-quick.zarr" if quick else "synthetic.zarr")
+def synthetic_part(quick: bool, work: Path = WORK) -> dict:
+    n, e, n_test = (4_000, 64, 500) if quick else (1_281_167, 768, 50_000)
+    path = work / ("synthetic-quick.zarr" if quick else "synthetic.zarr")
     t0 = time.perf_counter()
     ok = False
     if path.exists():
@@ -265,10 +305,10 @@ def synthetic_part(quick: bool) -> dict:
                     overwrite=True)  # fmt: skip
         del x, splits
     write_s = time.perf_counter() - t0
-    mem = fit(path, WORK / "synthetic" / "memory", expansion=8, k=32, epochs=1,
+    mem = fit(path, work / "synthetic" / "memory", expansion=8, k=32, epochs=1,
               max_steps=10**6)  # fmt: skip
     frac = 0.25
-    stream = fit(path, WORK / "synthetic" / "stream", expansion=8, k=32, epochs=frac,
+    stream = fit(path, work / "synthetic" / "stream", expansion=8, k=32, epochs=frac,
                  max_steps=10**6, stream="on")  # fmt: skip
     return {"rows": n, "embed_dim": e, "test_rows": n_test, "cache_write_seconds": write_s,
             "one_epoch_in_memory": mem, "stream_fraction_of_epoch": frac,
@@ -337,28 +377,36 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def default_out(args) -> Path:
+    """sae.json; a run of some parts only: sae.part-<parts>.json (never merged into sae.json)"""
+    chosen = [p for p in PARTS if p in set(args.part)]
+    name = "sae.json" if chosen == list(PARTS) else f"sae.part-{'-'.join(chosen)}.json"
+    return ROOT / "benchmarks" / "results" / name
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--part", nargs="+", default=["real", "synthetic", "tuning"],
-                    choices=["real", "synthetic", "tuning"])  # fmt: skip
+    ap.add_argument("--part", nargs="+", default=list(PARTS), choices=list(PARTS),
+                    help="parts to run (a subset writes sae.part-<parts>.json)")  # fmt: skip
     ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--quick", action="store_true", help="tiny budgets (a smoke run)")
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args(argv)
-    out = args.out or ROOT / "benchmarks" / "results" / ("sae-quick.json" if args.quick
-                                                         else "sae.json")  # fmt: skip
-    res = json.loads(out.read_text()) if out.exists() else {}
-    res.update(environment=environment(), anchors=ANCHORS)
-    if "real" in args.part:
-        res["real"] = real_part(args.data, args.quick)
-    if "synthetic" in args.part:
-        res["synthetic"] = synthetic_part(args.quick)
-    if "tuning" in args.part:
-        res["tuning"] = tuning_part(args.data, args.quick)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2, sort_keys=True) + "\n")
+    ap.add_argument("--work", type=Path, default=None,
+                    help=f"caches and models (default {WORK.relative_to(ROOT)}; --quick: a "
+                    "temporary folder)")  # fmt: skip
+    add_common_args(ap, default_out)
+    args = parse_args(ap, argv)
+    run = Run(args.quick)
+    with tempfile.TemporaryDirectory(prefix="sae-bench-") as tmp:
+        work = args.work or (Path(tmp) if args.quick else WORK)
+        res = {"environment": environment(), "anchors": ANCHORS, "parts": list(args.part)}
+        if "real" in args.part:
+            res["real"] = real_part(args.data, args.quick, work)
+        if "synthetic" in args.part:
+            res["synthetic"] = synthetic_part(args.quick, work)
+        if "tuning" in args.part:
+            res["tuning"] = tuning_part(args.data, args.quick, work)
+    run.write(args.out, res, sort_keys=True)
     print(markdown(res))
-    print(f"wrote {out}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

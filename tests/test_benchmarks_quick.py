@@ -1,0 +1,213 @@
+"""Every benchmark script runs in its `--quick` mode and writes its JSON with provenance.
+
+Issue 18 (items 2 and 8): a benchmark that no longer runs is caught the day it breaks. Every
+`benchmarks/*.py` is a benchmark unless listed in NOT_BENCHMARKS (found by glob, so a new
+script is covered without touching this file). Each one runs as
+
+    python benchmarks/X.py --quick --out TMP/X.json [FLAGS[X]]
+
+and must exit 0 and write a JSON whose `provenance` (benchmarks/_provenance.py) says
+`quick: true` and records the commit, the clean flag, the command, threads and load average.
+The scripts run in a pool of two subprocesses, one torch thread each (2-core CI machine).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+SHARED_DATA = ROOT.parent / "shared" / "data"  # the repository's sibling, where present
+
+
+def _load(name: str):
+    """A benchmarks/ module by path (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_provenance = _load("_provenance")
+
+# Not benchmarks: no --quick run, no JSON of their own.
+NOT_BENCHMARKS = {
+    "_provenance.py": "the JSON writer every benchmark uses (tested below)",
+    "check_readme.py": "checks README tables against the JSONs (tests/test_readme_numbers.py)",
+    "gpu_suite_summary.py": "markdown tables from a gpu_suite.sh results folder, no JSON "
+    "(tests/test_gpu_suite_summary.py)",
+}
+# Benchmarks that cannot run on a CPU-only CI machine at all, with the reason. Empty: the GPU
+# scripts have a CPU quick path (FLAGS below); prefer adding one to listing a script here.
+CANNOT_RUN_HERE: dict[str, str] = {}
+# Extra flags of a CPU quick run (the GPU scripts default to cuda).
+FLAGS = {
+    "gpu_sae.py": ["--device", "cpu"],
+    "gpu_attribution.py": ["--device", "cpu", "--dtype", "fp32"],
+    "embed_throughput.py": ["--device", "cpu"],
+    "fit_head_speed.py": ["--devices", "cpu"],
+    "cms_speed.py": ["--device", "cpu"],
+}
+# Quick runs that read ../shared/data (concept sets, JPEGs, the CLIP tokenizer): skipped
+# where it is absent. A script whose quick run needs it belongs here.
+NEEDS_SHARED = {
+    "concept_filter.py",  # the published GPT-3 concept lists
+    "embed_throughput.py",  # imagenet_sample JPEGs
+    "sae.py",  # concept_sets texts
+    "description_proxy.py",  # concept_sets (quick: cifar10)
+    "attribution.py",  # clip_tokenizer
+    "reliability.py",  # imagenet_sample / cifar10_test_jpg JPEGs
+}
+# Being converted to --quick / --out / _provenance by their owners: skipped until they land.
+PENDING = {
+    "description_proxy.py",
+    "sparsity_tradeoff.py",
+    "probe_vs_sklearn.py",
+    "elastic_net_solvers.py",
+    "debiased.py",
+}
+TIMEOUT_S = 240  # per script: a hung script fails its test instead of hanging CI
+WORKERS = 2
+# the slowest first, so the pool of two ends together (the rest keep glob order)
+SLOW_FIRST = ["sae.py", "concept_filter.py", "embed_throughput.py", "cms_speed.py"]
+PROVENANCE_KEYS = ("commit", "clean", "command", "threads", "load_average")
+
+SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if p.name not in NOT_BENCHMARKS)
+
+
+def skip_reason(name: str) -> str | None:
+    if name in PENDING:
+        return "being converted (--quick / --out / _provenance): see PENDING"
+    if name in CANNOT_RUN_HERE:
+        return CANNOT_RUN_HERE[name]
+    if name in NEEDS_SHARED and not SHARED_DATA.is_dir():
+        return f"needs ../shared/data, absent here ({SHARED_DATA})"
+    return None
+
+
+def _param(name: str):
+    reason = skip_reason(name)
+    return pytest.param(name, marks=pytest.mark.skip(reason=reason) if reason else ())
+
+
+def _run(name: str, out_dir: Path) -> dict:
+    out = out_dir / f"{Path(name).stem}.json"
+    cmd = [sys.executable, str(BENCH / name), "--quick", "--out", str(out), *FLAGS.get(name, [])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+           "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    t0 = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=TIMEOUT_S)  # fmt: skip
+        rc, log = done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, log = "timeout", f"{e.stdout or ''}{e.stderr or ''}"
+    return {"cmd": cmd, "rc": rc, "log": log, "out": out, "seconds": time.perf_counter() - t0}
+
+
+@pytest.fixture(scope="module")
+def quick_runs(request, tmp_path_factory) -> dict:
+    """Runs every selected, not skipped script once, two at a time; name -> its run."""
+    chosen = {
+        item.callspec.params["script"]
+        for item in request.session.items
+        if getattr(item, "callspec", None) is not None
+        and item.originalname == "test_quick_run"
+        and skip_reason(item.callspec.params["script"]) is None
+    }
+    order = [s for s in SLOW_FIRST if s in chosen] + sorted(chosen - set(SLOW_FIRST))
+    out_dir = tmp_path_factory.mktemp("benchmarks_quick")
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(WORKERS) as pool:
+        runs = dict(zip(order, pool.map(lambda s: _run(s, out_dir), order), strict=True))
+    times = ", ".join(f"{s} {r['seconds']:.1f} s" for s, r in runs.items())
+    print(f"\nquick runs ({time.perf_counter() - t0:.1f} s wall): {times}")
+    return runs
+
+
+@pytest.mark.parametrize("script", [_param(s) for s in SCRIPTS])
+def test_quick_run(script, quick_runs):
+    r = quick_runs[script]
+    tail = r["log"][-3000:]
+    assert r["rc"] == 0, f"{' '.join(r['cmd'])} -> rc {r['rc']} in {r['seconds']:.0f} s:\n{tail}"
+    assert r["out"].is_file(), f"{script} --quick --out {r['out']} wrote no JSON:\n{tail}"
+    body = json.loads(r["out"].read_text())
+    prov = body.get("provenance")
+    assert isinstance(prov, dict), f"{script}: no provenance block (write through _provenance)"
+    assert prov.get("quick") is True, f"{script}: provenance.quick is {prov.get('quick')!r}"
+    missing = [k for k in PROVENANCE_KEYS if k not in prov]
+    assert not missing, f"{script}: provenance lacks {missing}"
+    assert isinstance(prov["clean"], bool) and prov["commit"]
+    assert str(BENCH / script) in prov["command"] and "--quick" in prov["command"]
+    assert len(prov["load_average"]["start"]) == 3 and len(prov["load_average"]["end"]) == 3
+
+
+def test_lists_name_existing_scripts():
+    """A renamed or removed script must leave the lists above too."""
+    here = {p.name for p in BENCH.glob("*.py")}
+    for name, listed in [("NOT_BENCHMARKS", set(NOT_BENCHMARKS)), ("FLAGS", set(FLAGS)),
+                         ("NEEDS_SHARED", NEEDS_SHARED), ("PENDING", PENDING),
+                         ("CANNOT_RUN_HERE", set(CANNOT_RUN_HERE)),
+                         ("SLOW_FIRST", set(SLOW_FIRST))]:  # fmt: skip
+        assert listed <= here, f"{name} names missing scripts: {sorted(listed - here)}"
+
+
+# ------------------------------------------------------------------ benchmarks/_provenance.py
+
+
+def _parser(default_out, **kw):
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--n", type=int, default=50_000)
+    p.add_argument("--modes", nargs="+", default=["a", "b"])
+    return _provenance.add_common_args(p, default_out, **kw)
+
+
+def test_quick_defaults_and_out(tmp_path):
+    real = tmp_path / "x.json"
+    quick = {"n": 10, "modes": ["a"]}
+    a = _provenance.parse_args(_parser(real, quick=quick), [])
+    assert (a.n, a.modes, a.quick, a.out) == (50_000, ["a", "b"], False, real)
+    a = _provenance.parse_args(_parser(real, quick=quick), ["--quick"])
+    assert (a.n, a.modes, a.out) == (10, ["a"], tmp_path / "x.quick.json")
+    a = _provenance.parse_args(_parser(real, quick=quick), ["--n", "7", "--quick"])
+    assert (a.n, a.modes) == (7, ["a"])  # a flag given explicitly wins over the quick default
+    p = _parser(real, quick=quick, out_aliases=("--json",))
+    assert _provenance.parse_args(p, ["--quick", "--json", "y.json"]).out == Path("y.json")
+    by_args = _parser(lambda args: tmp_path / f"x-{args.n}.json")
+    assert _provenance.parse_args(by_args, ["--n", "3"]).out == tmp_path / "x-3.json"
+
+
+def test_run_writes_whole_file_atomically(tmp_path):
+    out = tmp_path / "r" / "x.json"
+    out.parent.mkdir()
+    out.write_text(json.dumps({"old": 1, "environment": {"stale": True}}))
+    path = _provenance.Run(quick=True).write(out, {"b": 2, "a": 1}, sort_keys=True)
+    body = json.loads(path.read_text())
+    assert set(body) == {"a", "b", "provenance"}  # nothing merged from the old file
+    assert body["provenance"]["quick"] is True
+    assert list(out.parent.iterdir()) == [out]  # no temporary left behind
+
+
+def test_sae_partial_run_never_writes_sae_json():
+    import argparse
+
+    sae = _load("sae")
+    ns = argparse.Namespace
+    assert sae.default_out(ns(part=list(sae.PARTS))).name == "sae.json"
+    assert sae.default_out(ns(part=["tuning", "real"])).name == "sae.part-real-tuning.json"
+    assert _provenance.quick_out(sae.default_out(ns(part=["synthetic"])), True).name == (
+        "sae.part-synthetic.quick.json"
+    )
