@@ -206,13 +206,13 @@ def summarize_faults(results: list[dict]) -> dict:
     }
 
 
-def _head_cache(tmp: Path) -> Path:
+def _head_cache(tmp: Path, rows: int) -> Path:
     from cache import write_cache
 
     rng = np.random.default_rng(0)
-    e, c, d = 32, 10, 40
+    e, c, d = 64, 10, 200
     splits = {s: {"image_emb": rng.normal(size=(n, e)), "labels": rng.integers(0, c, n)}
-              for s, n in (("train", 2000), ("test", 500))}  # fmt: skip
+              for s, n in (("train", rows), ("test", rows // 4))}  # fmt: skip
     return write_cache(tmp / "heads.zarr", splits=splits,
                        concepts=[f"concept {i}" for i in range(d)],
                        classes=[f"class {i}" for i in range(c)],
@@ -224,16 +224,18 @@ def _busy(r: subprocess.CompletedProcess) -> bool:
     return r.returncode == 2 and "another run is writing" in r.stderr
 
 
-def bench_concurrent(trials: int, tmp: Path, seed: int, n_images: int = 48) -> dict:
+def bench_concurrent(trials: int, tmp: Path, seed: int, n_images: int = 480,
+                     head_rows: int = 40_000) -> dict:  # fmt: skip
     """Two runs of one command on one output, the second started a random offset after the first
-    (0 .. 1.2x the run's length): `embed` (zarr, HDF5) and `fit-head`. Every run must end in
-    exactly one of: it wrote (exit 0), it found the same work already done (embed: "nothing to
-    do"), or it was refused with exit 2 (another run holds the lock; a head is there already).
+    (0 .. the run's length; runs long enough that most trials overlap): `embed` (zarr, HDF5)
+    and `fit-head`. Every run must end in exactly one of: it wrote (exit 0), it found the same
+    work already done (embed: "nothing to do"), or it was refused with exit 2 (another run
+    holds the lock; a head is there already).
     A run is LOST when it exited 0 claiming to have written, but what is on disk is not its
     output (two fit-head runs both "wrote", or the finished cache differs from a reference), or
     a run ended in anything else (a traceback, another exit code)."""
     cmd = _embed_setup(tmp, n_images)
-    cache = _head_cache(tmp)
+    cache = _head_cache(tmp, head_rows)
 
     def fit(out, s):
         return [sys.executable, str(ROOT / "cli.py"), "fit-head", "--cache", str(cache), "--out",
@@ -259,7 +261,7 @@ def bench_concurrent(trials: int, tmp: Path, seed: int, n_images: int = 48) -> d
         kind = kinds[t % 3]
         reference(kind)
         out = tmp / f"race{t}.{ {'zarr': 'zarr', 'hdf5': 'h5'}.get(kind, 'head') }"
-        offset = rng.uniform(0, 1.2 * full[kind])
+        offset = rng.uniform(0, full[kind])
         argv = [fit(out, 0), fit(out, 1)] if kind == "fit-head" else [cmd(out), cmd(out)]
         first = subprocess.Popen(argv[0], env=ENV, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -340,8 +342,8 @@ def main() -> None:
                   f"({fi['kills']} killed)")  # fmt: skip
         if "concurrent" in only:
             print("(d) two runs on one output", flush=True)
-            n = 12 if args.quick else 48
-            result["concurrent"] = bench_concurrent(args.trials, tmp, args.seed, n)
+            n, rows = (12, 2000) if args.quick else (480, 40_000)
+            result["concurrent"] = bench_concurrent(args.trials, tmp, args.seed, n, rows)
             c = result["concurrent"]
             print(f"lost runs: {c['lost_runs']} of {2 * c['trials']} ({c['busy_refusals']} "
                   f"refused as busy, {c['overlapping_trials']} trials overlapped)")  # fmt: skip

@@ -68,13 +68,7 @@ NEEDS_SHARED = {
     "reliability.py",  # imagenet_sample / cifar10_test_jpg JPEGs
 }
 # Being converted to --quick / --out / _provenance by their owners: skipped until they land.
-PENDING = {
-    "description_proxy.py",
-    "sparsity_tradeoff.py",
-    "probe_vs_sklearn.py",
-    "elastic_net_solvers.py",
-    "debiased.py",
-}
+PENDING: set[str] = set()
 TIMEOUT_S = 240  # per script: a hung script fails its test instead of hanging CI
 WORKERS = 2
 # the slowest first, so the pool of two ends together (the rest keep glob order)
