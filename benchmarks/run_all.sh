@@ -15,6 +15,11 @@ if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
          "is traceable to one commit" >&2
     exit 2
 fi
+if ! python -c "import torch, cache, heads" 2>/dev/null; then
+    echo "error: run it in the project's virtualenv (. .venv/bin/activate): python cannot" \
+         "import torch and the project" >&2
+    exit 2
+fi
 ALL=(description_proxy sparsity_tradeoff defaults_sweep planted_heads probe_vs_sklearn
      elastic_net_solvers fit_head_speed cms_speed reliability sae attribution debiased
      concept_filter)
