@@ -452,18 +452,25 @@ def split_row(line: str) -> list[str]:
     return [c.replace("\\|", "|").strip() for c in re.split(r"(?<!\\)\|", body)]
 
 
-def _split(text: str, sep: str | None) -> list[str]:
-    """Split at `sep` (None: at blanks) outside backquotes and brackets."""
-    out, cur, quote, depth = [], "", False, 0
-    for ch in text:
+def _scan(text: str):
+    """(index, char, free) for each char of `text`; `free` is false inside backquotes or
+    brackets (the state after the char itself)."""
+    quote, depth = False, 0
+    for n, ch in enumerate(text):
         if ch == "`":
             quote = not quote
         elif not quote and ch == "[":
             depth += 1
         elif not quote and ch == "]":
             depth = max(0, depth - 1)
-        at_sep = ch.isspace() if sep is None else ch == sep
-        if at_sep and not quote and depth == 0:
+        yield n, ch, not quote and depth == 0
+
+
+def _split(text: str, sep: str | None) -> list[str]:
+    """Split at `sep` (None: at blanks) outside backquotes and brackets."""
+    out, cur = [], ""
+    for _, ch, free in _scan(text):
+        if free and (ch.isspace() if sep is None else ch == sep):
             out.append(cur)
             cur = ""
         else:
@@ -490,15 +497,8 @@ def _unbalanced(text: str) -> str | None:
 def _first_token(text: str) -> tuple[str, str]:
     """The first blank-delimited token of `text` (blanks inside backquotes or brackets do not
     end it) and the rest."""
-    quote, depth = False, 0
-    for n, ch in enumerate(text):
-        if ch == "`":
-            quote = not quote
-        elif not quote and ch == "[":
-            depth += 1
-        elif not quote and ch == "]":
-            depth = max(0, depth - 1)
-        elif ch.isspace() and not quote and depth == 0:
+    for n, ch, free in _scan(text):
+        if free and ch.isspace():
             return text[:n], text[n:]
     return text, ""
 
