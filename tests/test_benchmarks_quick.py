@@ -26,7 +26,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
-SHARED_DATA = ROOT.parent / "shared" / "data"  # the repository's sibling, where present
 
 
 def _load(name: str):
@@ -38,54 +37,14 @@ def _load(name: str):
 
 
 _provenance = _load("_provenance")
+_smoke = _load("_smoke")  # the lists: which scripts, their CPU flags, what they need
+NOT_BENCHMARKS, CANNOT_RUN_HERE, FLAGS = _smoke.NOT_BENCHMARKS, _smoke.CANNOT_RUN_HERE, _smoke.FLAGS
+NEEDS_SHARED, SLOW_FIRST = _smoke.NEEDS_SHARED, _smoke.SLOW_FIRST
+TIMEOUT_S, WORKERS, skip_reason = _smoke.TIMEOUT_S, _smoke.WORKERS, _smoke.skip_reason
 
-# Not benchmarks: no --quick run, no JSON of their own.
-NOT_BENCHMARKS = {
-    "_provenance.py": "the JSON writer every benchmark uses (tested below)",
-    "check_readme.py": "checks README tables against the JSONs (tests/test_readme_numbers.py)",
-    "gpu_suite_summary.py": "markdown tables from a gpu_suite.sh results folder, no JSON "
-    "(tests/test_gpu_suite_summary.py)",
-}
-# Benchmarks that cannot run on a CPU-only CI machine at all, with the reason. Empty: the GPU
-# scripts have a CPU quick path (FLAGS below); prefer adding one to listing a script here.
-CANNOT_RUN_HERE: dict[str, str] = {}
-# Extra flags of a CPU quick run (the GPU scripts default to cuda).
-FLAGS = {
-    "gpu_sae.py": ["--device", "cpu"],
-    "gpu_attribution.py": ["--device", "cpu", "--dtype", "fp32"],
-    "embed_throughput.py": ["--device", "cpu"],
-    "fit_head_speed.py": ["--devices", "cpu"],
-    "cms_speed.py": ["--device", "cpu"],
-}
-# Quick runs that read ../shared/data (concept sets, JPEGs, the CLIP tokenizer): skipped
-# where it is absent. A script whose quick run needs it belongs here.
-NEEDS_SHARED = {
-    "concept_filter.py",  # the published GPT-3 concept lists
-    "embed_throughput.py",  # imagenet_sample JPEGs
-    "sae.py",  # concept_sets texts
-    "description_proxy.py",  # concept_sets (quick: cifar10)
-    "attribution.py",  # clip_tokenizer
-    "reliability.py",  # imagenet_sample / cifar10_test_jpg JPEGs
-}
-# Being converted to --quick / --out / _provenance by their owners: skipped until they land.
-PENDING: set[str] = set()
-TIMEOUT_S = 240  # per script: a hung script fails its test instead of hanging CI
-WORKERS = 2
-# the slowest first, so the pool of two ends together (the rest keep glob order)
-SLOW_FIRST = ["sae.py", "concept_filter.py", "embed_throughput.py", "cms_speed.py"]
 PROVENANCE_KEYS = ("commit", "clean", "command", "threads", "load_average")
 
 SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if p.name not in NOT_BENCHMARKS)
-
-
-def skip_reason(name: str) -> str | None:
-    if name in PENDING:
-        return "being converted (--quick / --out / _provenance): see PENDING"
-    if name in CANNOT_RUN_HERE:
-        return CANNOT_RUN_HERE[name]
-    if name in NEEDS_SHARED and not SHARED_DATA.is_dir():
-        return f"needs ../shared/data, absent here ({SHARED_DATA})"
-    return None
 
 
 def _param(name: str):
@@ -151,7 +110,7 @@ def test_lists_name_existing_scripts():
     """A renamed or removed script must leave the lists above too."""
     here = {p.name for p in BENCH.glob("*.py")}
     for name, listed in [("NOT_BENCHMARKS", set(NOT_BENCHMARKS)), ("FLAGS", set(FLAGS)),
-                         ("NEEDS_SHARED", NEEDS_SHARED), ("PENDING", PENDING),
+                         ("NEEDS_SHARED", NEEDS_SHARED),
                          ("CANNOT_RUN_HERE", set(CANNOT_RUN_HERE)),
                          ("SLOW_FIRST", set(SLOW_FIRST))]:  # fmt: skip
         assert listed <= here, f"{name} names missing scripts: {sorted(listed - here)}"

@@ -1,6 +1,6 @@
 """benchmarks/description_proxy.py splits (issue 18 item 1): no text or embedding under two
 classes, no test row equal to a train row, balanced, seeded, deterministic. Tiny inline data:
-needs neither ../shared nor the sentence model."""
+needs no data outside the project and no sentence model."""
 
 from __future__ import annotations
 
