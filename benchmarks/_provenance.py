@@ -5,8 +5,11 @@ which adds a `provenance` block:
 
     commit        the HEAD commit the script ran at ("unknown" outside a git checkout)
     clean         true when the working tree had no uncommitted change to tracked files
-                  (a number from a dirty tree cannot be traced to a commit)
+                  outside benchmarks/results/ (a number from a dirty tree cannot be traced to
+                  a commit; the results are outputs, and `run_all.sh` rewrites them one after
+                  the other, so the JSONs written earlier in the same run do not count)
     dirty_files   the changed tracked files when not clean (at most 20)
+    results_changed  how many tracked files under benchmarks/results/ had changed
     command       the exact command line (argv, with the interpreter)
     quick         true for a `--quick` smoke run (tiny sizes: not a result)
     threads       torch's intra-op threads (when torch is imported), OMP/MKL/OPENBLAS settings
@@ -46,6 +49,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = "benchmarks/results/"  # outputs: a changed JSON there does not make a run dirty
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TORCH_NUM_THREADS")
 
 
@@ -63,9 +67,11 @@ def git_state() -> dict:
     commit = _git("rev-parse", "HEAD") or "unknown"
     # not stripped: a porcelain line is "XY path", and X may be a space
     status = _git("status", "--porcelain", "--untracked-files=no", strip=False)
-    dirty = [] if status is None else [line[3:] for line in status.splitlines() if line.strip()]
+    changed = [] if status is None else [ln[3:] for ln in status.splitlines() if ln.strip()]
+    outputs = [f for f in changed if f.startswith(RESULTS)]
+    dirty = [f for f in changed if not f.startswith(RESULTS)]
     return {"commit": commit, "clean": status is not None and not dirty,
-            "dirty_files": dirty[:20]}  # fmt: skip
+            "dirty_files": dirty[:20], "results_changed": len(outputs)}  # fmt: skip
 
 
 def threads() -> dict:

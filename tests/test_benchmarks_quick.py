@@ -164,3 +164,16 @@ def test_sae_partial_run_never_writes_sae_json():
     assert _provenance.quick_out(sae.default_out(ns(part=["synthetic"])), True).name == (
         "sae.part-synthetic.quick.json"
     )
+
+
+def test_changed_results_do_not_make_a_run_dirty(monkeypatch):
+    """run_all.sh rewrites benchmarks/results/ one JSON after the other: those outputs do not
+    make the next benchmark's provenance dirty, but a changed source file does."""
+    status = " M benchmarks/results/sae.json\n M benchmarks/results/cms_speed.json\n"
+    monkeypatch.setattr(_provenance, "_git", lambda *a, strip=True: "abc" if "rev-parse" in a
+                        else status)  # fmt: skip
+    state = _provenance.git_state()
+    assert state["clean"] is True and state["results_changed"] == 2 and not state["dirty_files"]
+    status += " M heads/cbm/train.py\n"
+    state = _provenance.git_state()
+    assert state["clean"] is False and state["dirty_files"] == ["heads/cbm/train.py"]
