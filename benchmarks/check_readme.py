@@ -150,6 +150,9 @@ class Report:
     cells: int = 0  # numeric cells compared with their JSON value(s)
     values: int = 0  # JSON values compared (a range cell has two)
     problems: list[Problem] = field(default_factory=list)
+    # (0-based line, cell index, number index within the cell, the JSON value as shown): what
+    # `--fix` writes where a cell's number differs from its JSON value
+    fixes: list[tuple[int, int, int, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -748,11 +751,13 @@ def _check_table(marker, docs, lines, first, end, report, names) -> None:
                 ))  # fmt: skip
                 continue
             report.cells += 1
-            for num, spec in zip(nums, specs, strict=True):
+            for i, (num, spec) in enumerate(zip(nums, specs, strict=True)):
                 report.values += 1
-                msg = _compare(num, spec, docs, single, names)
+                msg, shown = _compare(num, spec, docs, single, names)
                 if msg:
                     report.problems.append(Problem(k + 1, f"{at}: {msg}"))
+                if shown is not None:
+                    report.fixes.append((k, c, i, shown))
 
 
 def _doc_name(spec: Spec, single, names) -> tuple[str | None, str | None]:
@@ -781,21 +786,23 @@ def _absent(spec: Spec, docs, single, names) -> str | None:
     return f"not a number, but {spec.text} in {name} holds {_describe(x)}"
 
 
-def _compare(num: Number, spec: Spec, docs, single, names) -> str | None:
+def _compare(num: Number, spec: Spec, docs, single, names) -> tuple[str | None, str | None]:
+    """(the problem or None, the JSON value as the cell would show it when only the number
+    differs, else None)."""
     name, why = _doc_name(spec, single, names)
     if name is None:
-        return f"{spec.text}: {why}"
+        return f"{spec.text}: {why}", None
     try:
         x = resolve(docs[name], spec.steps)
     except PathError as e:
-        return f"{spec.text} does not resolve in {name}: {e}"
+        return f"{spec.text} does not resolve in {name}: {e}", None
     if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        return f"{spec.text} in {name} is {_describe(x)}, not a number"
+        return f"{spec.text} in {name} is {_describe(x)}, not a number", None
     if matches(num, x, spec.scale):
-        return None
+        return None, None
     times = f" × {spec.scale:g}" if spec.scale != 1 else ""
     shown = f"{x * spec.scale / num.mult:,.{num.decimals}f}"
-    return f"{spec.text} in {name} is {x!r}{times}, which shows as {shown}"
+    return f"{spec.text} in {name} is {x!r}{times}, which shows as {shown}", shown
 
 
 def check_text(text: str, root: Path) -> Report:
@@ -828,6 +835,49 @@ def check_text(text: str, root: Path) -> Report:
     return report
 
 
+_CELL_NUM_RE = re.compile(_NUM)
+
+
+def _cell_spans(line: str) -> list[tuple[int, int]]:
+    """(start, end) of each cell's text in a table row, as split_row splits it."""
+    bars = [m.start() for m in re.finditer(r"(?<!\\)\|", line)]
+    lead = line.lstrip()
+    if not lead.startswith("|"):
+        bars = [-1, *bars]
+    if not line.rstrip().endswith("|") or line.rstrip().endswith("\\|"):
+        bars = [*bars, len(line)]
+    return [(a + 1, b) for a, b in zip(bars, bars[1:], strict=False)]
+
+
+def _restyle(old: str, shown: str) -> str:
+    """`shown` in the style of the number it replaces (thousands commas only where the old
+    one had them or the new one needs them to stay readable, the same minus sign)."""
+    new = shown if "," in old else shown.replace(",", "")
+    if old.startswith("−"):
+        new = new.replace("-", "−", 1)
+    return new
+
+
+def apply_fixes(text: str, fixes) -> str:
+    """`text` with each cell number of `fixes` (Report.fixes) replaced by its JSON value."""
+    lines = text.splitlines(keepends=True)
+    by_cell: dict[tuple[int, int], dict[int, str]] = {}
+    for line, cell, index, shown in fixes:
+        by_cell.setdefault((line, cell), {})[index] = shown
+    for (line, cell), new in sorted(by_cell.items(), reverse=True):
+        raw = lines[line]
+        start, end = _cell_spans(raw)[cell]
+        body = raw[start:end]
+        found = list(_CELL_NUM_RE.finditer(body))
+        if len(found) < max(new) + 1:
+            continue  # the cell's numbers are not where parse_cell found them; leave it
+        for i in sorted(new, reverse=True):
+            m = found[i]
+            body = body[: m.start()] + _restyle(m.group(), new[i]) + body[m.end() :]
+        lines[line] = raw[:start] + body + raw[end:]
+    return "".join(lines)
+
+
 def check_readme(readme: Path = ROOT / "README.md", root: Path | None = None) -> Report:
     readme = Path(readme)
     return check_text(readme.read_text(encoding="utf-8"), Path(root) if root else readme.parent)
@@ -838,12 +888,19 @@ def main(argv=None) -> int:
     ap.add_argument("files", nargs="*", type=Path, help="markdown files (default: README.md "
                     "and docs/*.md of this repository)")  # fmt: skip
     ap.add_argument("--root", type=Path, default=None, help="JSON paths are relative to this")
+    ap.add_argument("--fix", action="store_true",
+                    help="rewrite each table number that differs from its JSON value, then "
+                         "re-check (prose around the tables is not touched: read it)")  # fmt: skip
     args = ap.parse_args(argv)
     files = args.files or [p for pat in DOCS for p in sorted(ROOT.glob(pat))]
     root = args.root or (None if args.files else ROOT)  # default: a file's own folder
     status = 0
     for f in files:
         report = check_readme(f, root)
+        if args.fix and report.fixes:
+            f.write_text(apply_fixes(f.read_text(encoding="utf-8"), report.fixes), "utf-8")
+            print(f"fixed {len(report.fixes)} number(s) in {f}")
+            report = check_readme(f, root)
         if report.ok:
             print(f"OK {f}: {report.tables} marked table(s), {report.cells} numeric cell(s) "
                   f"({report.values} value(s)) equal to their JSON values")  # fmt: skip

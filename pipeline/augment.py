@@ -1,10 +1,16 @@
-"""Seeded augmentations for cached views (`embed --views V --augment simclr|none`), seed 002.
+"""Seeded augmentations for cached views (`embed --views V --augment simclr|crop-flip|none`),
+seed 002.
 
 Image views follow SimCLR's CIFAR recipe (Chen et al. 2020, appendix B.9), written with Pillow
 and numpy only: random resized crop (scale 0.08-1, aspect 3/4-4/3, back to the input size),
 horizontal flip (p = 0.5), colour jitter (p = 0.8; brightness, contrast, saturation 0.4, hue
 0.1, in a random order) and grayscale (p = 0.2). Gaussian blur is left out, as SimCLR does on
 CIFAR-sized images.
+
+`crop-flip` is the light augmentation of supervised CIFAR training (He et al. 2016, §4.2):
+pad each side by 1/8 of the shorter side (4 pixels at 32x32; reflected, not zeros), take a
+random crop of the input size, flip horizontally with p = 0.5. No colour change. The real-photo
+testbed (`benchmarks/testbed.py`) trains its image tower with it.
 
 Every view is a pure function of (image, seed): `augment_image(img, seed, kind)` draws all its
 randomness from `numpy.random.default_rng(seed)`. The seed of a view is derived from the run's
@@ -123,9 +129,27 @@ def simclr(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return img
 
 
+PAD_FRACTION = 1 / 8  # crop-flip: padding per side, as a fraction of the shorter side
+
+
+def crop_flip(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Reflect-pad by PAD_FRACTION of the shorter side, random crop back to the input size,
+    horizontal flip with p = FLIP_P: a translation by at most the padding, maybe mirrored."""
+    arr = np.asarray(img.convert("RGB"))
+    h, w = arr.shape[:2]
+    p = max(1, round(min(h, w) * PAD_FRACTION))
+    padded = np.pad(arr, ((p, p), (p, p), (0, 0)), mode="reflect" if min(h, w) > p else "edge")
+    top, left = int(rng.integers(0, 2 * p + 1)), int(rng.integers(0, 2 * p + 1))
+    out = padded[top : top + h, left : left + w]
+    if rng.random() < FLIP_P:
+        out = out[:, ::-1]
+    return Image.fromarray(np.ascontiguousarray(out))
+
+
 # kind -> transform(img, rng) -> img
 AUGMENTS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]] = {
     "simclr": simclr,
+    "crop-flip": crop_flip,
     "none": lambda img, rng: img.convert("RGB").copy(),
 }
 

@@ -120,3 +120,20 @@ def test_text_views_are_seeded_subsequences_of_words():
     assert len({augment_text(text, s, "words") for s in range(10)}) > 3
     assert augment_text("bird", 0, "words") == "bird"
     assert augment_text(text, 0, "none") == text
+
+
+def test_crop_flip_is_a_small_translation_maybe_mirrored():
+    """crop-flip: every view is the image shifted by at most 1/8 of the shorter side (reflect
+    padding) and maybe mirrored; colours are untouched; both flips and several shifts occur."""
+    img = make_image(32, 32)
+    src = np.pad(px(img), ((4, 4), (4, 4), (0, 0)), mode="reflect")
+    seen_shift, seen_flip = set(), set()
+    for s in range(40):
+        v = px(augment_image(img, s, "crop-flip"))
+        hits = [(t, left, f) for t in range(9) for left in range(9) for f in (False, True)
+                if np.array_equal(v, (src[t : t + 32, left : left + 32])[:, ::-1] if f
+                                  else src[t : t + 32, left : left + 32])]  # fmt: skip
+        assert hits, f"seed {s}: not a shifted (and maybe mirrored) copy of the image"
+        seen_shift.add(hits[0][:2])
+        seen_flip.add(hits[0][2])
+    assert seen_flip == {False, True} and len(seen_shift) > 10

@@ -482,3 +482,31 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert cr.main([str(tmp_path / "README.md")]) == 1
     out = capsys.readouterr().out
     assert f"README.md:{L1}: " in out and "'0.901'" in out
+
+
+def test_fix_rewrites_only_the_wrong_numbers_and_keeps_their_style(tmp_path):
+    """`check_readme.py --fix`: each cell number that differs from its JSON value is rewritten
+    as the value shows at the cell's decimals (unit, bold, commas kept); the rest of the file is
+    byte for byte the same, and the fixed file passes."""
+    l1, sp = _row(GOOD, L1), _row(GOOD, SPARSE)
+    l1[1], l1[3], sp[1], sp[4] = "9.9 s", "12.3", "**7.5 s**", "1,111,111"
+    sp[5] = "0.1–1.45"  # a range: only its wrong end moves
+    bad = _set_row(_set_row(GOOD, L1, l1), SPARSE, sp)
+    report = _check(tmp_path, bad)
+    assert not report.ok and len(report.fixes) == 5
+    fixed = cr.apply_fixes(bad, report.fixes)
+    assert _row(fixed, L1)[1] == "4.0 s" and _row(fixed, L1)[3] == "83.9"
+    assert _row(fixed, SPARSE)[1] == "**2.5 s**" and _row(fixed, SPARSE)[4] == "1,281,167"
+    assert _row(fixed, SPARSE)[5] == "0.8–1.45"
+    assert fixed.splitlines()[: L1 - 1] == bad.splitlines()[: L1 - 1]
+    assert _check(tmp_path, fixed).ok
+
+
+def test_fix_from_the_command_line(tmp_path, capsys):
+    cells = _row(GOOD, L1)
+    cells[2] = "0.111"
+    path = _write(tmp_path, _set_row(GOOD, L1, cells))
+    assert cr.main([str(path), "--root", str(tmp_path)]) == 1
+    assert cr.main([str(path), "--root", str(tmp_path), "--fix"]) == 0
+    assert "fixed 1 number(s)" in capsys.readouterr().out
+    assert _row(path.read_text(), L1)[2] == "0.839"
