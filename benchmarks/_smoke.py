@@ -43,11 +43,12 @@ NEEDS_SHARED = {
     "sparsity_tradeoff.py",  # concept_sets (through description_proxy)
     "debiased.py",  # concept_sets (the text suite)
     "reliability.py",  # imagenet_sample / cifar10_test_jpg JPEGs
+    "testbed.py",  # cifar10_test_jpg photos, concept_sets (captions, concepts)
 }
 TIMEOUT_S = 240  # per script: a hung script fails its test instead of hanging CI
 WORKERS = 2
 # the slowest first, so the pool of two ends together (the rest keep glob order)
-SLOW_FIRST = ["sae.py", "concept_filter.py", "embed_throughput.py", "cms_speed.py"]
+SLOW_FIRST = ["testbed.py", "sae.py", "concept_filter.py", "embed_throughput.py", "cms_speed.py"]
 
 
 def skip_reason(name: str) -> str | None:
