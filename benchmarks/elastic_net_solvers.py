@@ -189,51 +189,35 @@ def run_ours(xtr, ytr, xs, xs_te, yte, mean, std, tol_ref):
         }
     )
     _check(rows[-1], checker, w_s, b_s, lam)
-    with _Clock() as clk:
-        r1 = fit_elastic_net(
-            xtr, ytr, n_classes=int(ytr.max()) + 1, alpha=ALPHA, lambdas=[lam],
-            target_nec=math.inf, refine_steps=0, tol=tol_ref, max_iter=20_000,
-        )  # fmt: skip
-    p = r1.path[-1]
-    w1, b1 = r1.weight * std, r1.bias + r1.weight @ mean
-    rows.append(
-        {
-            "solver": f"ours one lam (tol {tol_ref:g})",
+
+    def one_lam(label: str, **solver) -> dict:
+        """Our solver at the given lam alone (no path), checked like every row."""
+        with _Clock() as clk:
+            r = fit_elastic_net(
+                xtr, ytr, n_classes=int(ytr.max()) + 1, alpha=ALPHA, lambdas=[lam],
+                target_nec=math.inf, refine_steps=0, **solver,
+            )  # fmt: skip
+        last = r.path[-1]
+        w, b = r.weight * std, r.bias + r.weight @ mean
+        row = {
+            "solver": label,
             "lam": lam,
             "seconds": clk.wall,
             "cpu_seconds": clk.cpu,
-            "nec": r1.nec,
-            "objective": elastic_net_objective(w1, b1, xs, ytr, lam, ALPHA),
-            "test_top1": _top1(w1, b1, xs_te, yte),
-            "work": f"{p['n_iter']} FISTA iters, {p['n_kkt_rounds']} KKT rounds",
-            "converged": p["converged"],
-            "reached_nec_target": r1.nec <= TARGET_NEC,
+            "nec": r.nec,
+            "objective": elastic_net_objective(w, b, xs, ytr, lam, ALPHA),
+            "test_top1": _top1(w, b, xs_te, yte),
+            "work": f"{last['n_iter']} FISTA iters, {last['n_kkt_rounds']} KKT rounds",
+            "converged": last["converged"],
+            "reached_nec_target": r.nec <= TARGET_NEC,
             "seconds_to_nec_target": None,  # not a path: lam* is given
         }
-    )
-    _check(rows[-1], checker, w1, b1, lam)
+        _check(row, checker, w, b, lam)
+        return row
+
+    rows.append(one_lam(f"ours one lam (tol {tol_ref:g})", tol=tol_ref, max_iter=20_000))
     # cold single lam at the product defaults (tol 1e-3, max_iter 2000): appended last
-    with _Clock() as clk:
-        r2 = fit_elastic_net(
-            xtr, ytr, n_classes=int(ytr.max()) + 1, alpha=ALPHA, lambdas=[lam],
-            target_nec=math.inf, refine_steps=0,
-        )  # fmt: skip
-    p2 = r2.path[-1]
-    w2, b2 = r2.weight * std, r2.bias + r2.weight @ mean
-    cold = {
-        "solver": "ours one lam cold (tol 0.001)",
-        "lam": lam,
-        "seconds": clk.wall,
-        "cpu_seconds": clk.cpu,
-        "nec": r2.nec,
-        "objective": elastic_net_objective(w2, b2, xs, ytr, lam, ALPHA),
-        "test_top1": _top1(w2, b2, xs_te, yte),
-        "work": f"{p2['n_iter']} FISTA iters, {p2['n_kkt_rounds']} KKT rounds",
-        "converged": p2["converged"],
-        "reached_nec_target": r2.nec <= TARGET_NEC,
-        "seconds_to_nec_target": None,  # not a path: lam* is given
-    }
-    _check(cold, checker, w2, b2, lam)
+    cold = one_lam("ours one lam cold (tol 0.001)")
     return lam, rows, cold, checker
 
 

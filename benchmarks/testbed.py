@@ -243,15 +243,16 @@ def make_tower(width: int, embed_dim: int):
     return Tower()
 
 
-def _augment_batch(images: np.ndarray, rows: np.ndarray, kind: str, seed: int, split: str,
+def _augment_batch(images: np.ndarray, rows, keys, kind: str, seed: int, split: str,
                    view: int) -> np.ndarray:  # fmt: skip
+    """Photos `rows`, each augmented with view_seed(seed, split, key, view) for its `keys`."""
     from PIL import Image
 
     from pipeline.augment import augment_image, view_seed
 
     return np.stack([np.asarray(augment_image(Image.fromarray(images[r]),
-                                              view_seed(seed, split, int(r), view), kind))
-                     for r in rows])  # fmt: skip
+                                              view_seed(seed, split, int(k), view), kind))
+                     for r, k in zip(rows, keys, strict=True)])  # fmt: skip
 
 
 def multi_positive_clip_loss(img, txt, labels, log_scale):
@@ -291,7 +292,7 @@ def train_tower(images, labels, rows, cap_emb, cap_class, cfg: dict) -> tuple[ob
             batch = order[b * cfg["batch"] : (b + 1) * cfg["batch"]]
             if len(batch) < 2:
                 continue
-            x = _augment_batch(images, batch, cfg["train_augment"], cfg["seed"],
+            x = _augment_batch(images, batch, batch, cfg["train_augment"], cfg["seed"],
                                f"tower-epoch{epoch}", 0)  # fmt: skip
             y = torch.from_numpy(labels[batch])
             pick = [int(rng.choice(by_class[int(c)])) for c in labels[batch]]
@@ -324,20 +325,16 @@ def embed_images(model, images: np.ndarray, batch: int = 500) -> np.ndarray:
 def embed_views(model, images, rows, split: str, seed: int, views: int, kind: str) -> np.ndarray:
     """(N, V, E): view v of the split's row i is augment_image(photo, view_seed(seed, split, i,
     v), kind) — the rule `embed --views V --augment kind` uses (i = row index in the split)."""
-    from PIL import Image
-
-    from pipeline.augment import augment_image, view_seed
-
     out = np.empty((len(rows), views, model.proj.out_features), np.float32)
     for v in range(views):
-        x = np.stack([np.asarray(augment_image(Image.fromarray(images[r]),
-                                               view_seed(seed, split, i, v), kind))
-                      for i, r in enumerate(rows)])  # fmt: skip
+        x = _augment_batch(images, rows, range(len(rows)), kind, seed, split, v)
         out[:, v] = embed_images(model, x)
     return out
 
 
-def save_tower(model, cfg: dict, text_record: dict, history: list, path: Path) -> str:
+def save_tower(
+    model, cfg: dict, text_record: dict, history: list, path: Path, identity: dict
+) -> str:
     """model.safetensors + config.json (with the weights' sha256); returns the sha256."""
     from safetensors.torch import save_file
 
@@ -353,7 +350,7 @@ def save_tower(model, cfg: dict, text_record: dict, history: list, path: Path) -
               "logit_scale": round(float(model.log_scale.detach().clamp(max=np.log(100)).exp()), 4),
               "train": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
               "text_tower": text_record, "history": history, "weights_sha256": sha,
-              "builder_version": BUILDER_VERSION}  # fmt: skip
+              "builder_version": BUILDER_VERSION, "identity": identity}  # fmt: skip
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return sha
 
@@ -424,9 +421,7 @@ def build(cfg: dict, data: Path, work: Path, reuse: bool = False) -> dict:
         log(f"training the tower: {cfg['epochs']} epochs on {len(parts['tower'])} photos")
         model, history = train_tower(photos["images"], photos["labels"], parts["tower"], cap_emb,
                                      cap_class, cfg)  # fmt: skip
-        sha = save_tower(model, cfg, text.record, history, tower_dir)
-        conf = json.loads((tower_dir / "config.json").read_text())
-        (tower_dir / "config.json").write_text(json.dumps({**conf, "identity": ident}, indent=2))
+        sha = save_tower(model, cfg, text.record, history, tower_dir, ident)
         reused = False
     timings["tower_training"] = round(time.perf_counter() - t, 2)
 
