@@ -67,7 +67,6 @@ from _provenance import Run, quick_out  # noqa: E402
 from cache import open_cache, write_cache  # noqa: E402
 from cache.planted import make_planted_cache  # noqa: E402
 from cache.synthetic import _unit_rows  # noqa: E402  (the writer's normalisation, bit for bit)
-from heads.cbm.config import DEFAULT_L2_GRID  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 PROXY_DIR = ROOT / "runs" / "proxy"
@@ -523,68 +522,22 @@ def run_compare(cache_path: Path, out: Path, extra: list[str] | None = None) -> 
     return rows
 
 
-def sklearn_probe(cache_path: Path, l2_grid, seed: int = 0, val_fraction: float = 0.1) -> dict:
-    """LogisticRegression on the image embeddings; C from the same L2 grid, chosen on a seeded
-    val hold-out of train, the same rows as fit-head's. fit-head minimises mean CE +
-    l2/2 ||W||^2, sklearn C * sum CE + 1/2 ||W||^2, so C = 1 / (l2 * n_fit)."""
-    try:
-        import sklearn
-        from sklearn.linear_model import LogisticRegression
-    except ImportError:
-        return {"skipped": "scikit-learn not importable"}
-    with open_cache(cache_path) as c:
-        train, test = c.split("train").valid(), c.split("test").valid()
-    n = len(train)
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val = round(val_fraction * n)
-    val, fit = perm[:n_val], perm[n_val:]
-    x, y = train.image_emb.astype(np.float64), train.labels
-    t0 = time.perf_counter()
-    scores, iters, best = {}, {}, (-1.0, None, None)
-    # warm-started from strong to weak L2 (as fit-head); ties -> the stronger L2
-    clf = LogisticRegression(max_iter=1000, warm_start=True)
-    for l2 in sorted(l2_grid, reverse=True):
-        clf.set_params(C=1.0 / (l2 * len(fit)))
-        clf.fit(x[fit], y[fit])
-        acc = float((clf.predict(x[val]) == y[val]).mean())
-        scores[repr(l2)] = acc
-        iters[repr(l2)] = int(np.max(clf.n_iter_))
-        if acc > best[0]:
-            best = (acc, l2, (clf.coef_.copy(), clf.intercept_.copy()))
-    acc, l2, (coef, intercept) = best
-    pred = clf.classes_[np.argmax(test.image_emb.astype(np.float64) @ coef.T + intercept, 1)]
-    return {
-        "top1": float((pred == test.labels).mean()),
-        "val_top1": acc,
-        "l2": l2,
-        "C": 1.0 / (l2 * len(fit)),
-        "val_top1_per_l2": scores,
-        "lbfgs_iterations_per_l2": iters,
-        "max_iter": clf.max_iter,
-        "val": {"fraction": val_fraction, "seed": seed, "rows": int(n_val)},
-        "seconds": round(time.perf_counter() - t0, 2),
-        "sklearn": sklearn.__version__,
-    }
-
-
 def measure(
     cache_path: str | Path,
     out_root: Path | None = None,
     seed: int = 0,
     extra: list[str] | None = None,
 ) -> dict:
-    """`compare` on the cache (every head and baseline) plus the scikit-learn reference probe."""
+    """`compare` on the cache: every head and baseline, the scikit-learn reference probe
+    included (compare's sklearn-probe row)."""
     cache_path = Path(cache_path)
     out_root = out_root or PROXY_DIR / "compare" / cache_path.name.removesuffix(".zarr")
-    results = run_compare(cache_path, out_root, extra)
-    results["sklearn-probe"] = sklearn_probe(cache_path, DEFAULT_L2_GRID, seed=seed)
-    print(f"  {'sklearn-probe':<20} top-1 {results['sklearn-probe'].get('top1', float('nan')):.4f}")
-    return results
+    return run_compare(cache_path, out_root, [*(extra or []), "--seed", str(seed)])
 
 
 # --------------------------------------------------------------------------- report
 
-COLUMNS = ["zero-shot", "cms", "description", "probe", "sklearn-probe", "label-free-cbm", "l1",
+COLUMNS = ["zero-shot", "cms", "description", "probe", "sklearn-probe", "lf-cbm-scores", "l1",
            "contrastive", "sparse", "l1-elastic-net", "sparse-elastic-net",
            "random-concepts"]  # fmt: skip
 SPARSE_COLUMNS = ["l1", "contrastive", "sparse", "sparse-elastic-net"]

@@ -17,7 +17,8 @@ Measured, as a user runs it: one `python cli.py compare --cache K --out D --over
 `fit-head --loss probe|l1|contrastive|sparse` at its defaults with `--seed S`. zero-shot runs in
 every compare (it uses no train row, so it must equal the parent's: a second check that the
 test split is untouched); CMS is training-free too and is measured once per cache (the first
-compare). Beside them a scikit-learn LogisticRegression probe (in process, `SKLEARN_PROTOCOL`).
+compare). Beside them the scikit-learn LogisticRegression probe (compare's sklearn-probe
+row, `SKLEARN_PROTOCOL`).
 
     python benchmarks/shots.py [--cache [NAME=]PATH ...] [--shots 1 2 4 8 16 all] [--seeds 3]
         [--methods ...] [--max-steps N] [--work-dir DIR] [--out PATH] [--quick]
@@ -57,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _provenance import Run, add_common_args, parse_args  # noqa: E402
 
 from cache import open_cache, write_cache  # noqa: E402
-from heads.cbm.config import DEFAULT_L2_GRID  # noqa: E402
+from heads.baselines.sklearn_probe import SKLEARN_PROTOCOL  # noqa: E402
 
 CLI = ROOT / "cli.py"
 DEFAULT_OUT = ROOT / "benchmarks/results/shots.json"
@@ -65,8 +66,19 @@ WORK_DIR = ROOT / "runs" / "shots"
 TESTBED_CACHE = ROOT / "runs" / "testbed" / "cifar10-photos.zarr"
 ALL = "all"
 DEFAULT_SHOTS = ("1", "2", "4", "8", "16", ALL)
-COMPARE_METHODS = ("zero-shot", "cms", "probe", "l1", "contrastive", "sparse")
-METHODS = ("zero-shot", "cms", "probe", "sklearn-probe", "l1", "contrastive", "sparse")
+METHODS = (
+    "zero-shot",
+    "cms",
+    "sklearn-probe",
+    "probe",
+    "l1",
+    "contrastive",
+    "sparse",
+    "l1-elastic-net",
+    "sparse-elastic-net",
+    "lf-cbm-scores",
+)
+COMPARE_METHODS = METHODS  # every row is compare's (sklearn-probe: its reference row)
 TRAINING_FREE = ("zero-shot", "cms")  # the same at every k: the test split never changes
 QUICK_MAX_STEPS = 20
 QUICK_PLANTED = {
@@ -77,16 +89,6 @@ QUICK_PLANTED = {
     "noise": 1.0,
     "seed": 0,
 }  # 8 classes: 1 shot leaves a val row
-SKLEARN_FIXED_C = 1.0  # scikit-learn's default C, used when a class has a single row
-SKLEARN_PROTOCOL = (
-    "LogisticRegression(lbfgs, max_iter=1000) on the k-shot train rows' image embeddings "
-    "(float64). When every class has >= 2 k-shot rows: a seeded hold-out of a fifth of them "
-    "(default_rng(seed) permutation, round(n/5) rows, not stratified) picks the L2 strength "
-    f"from fit-head's grid {list(DEFAULT_L2_GRID)} (C = 1/(l2 * n_fit), strong -> weak, best "
-    "validation top-1, ties -> stronger L2), then one fit on all k-shot rows at that L2 "
-    "(C = 1/(l2 * n)). Otherwise (1 row in some class): one fit on all rows at the fixed "
-    f"C = {SKLEARN_FIXED_C} (scikit-learn's default)."
-)
 DRAW = (
     "per seed: for each class (class order) a default_rng(seed) permutation of its valid train "
     "rows; the k-shot rows are the first min(k, n_class) of each (nested in k), kept in the "
@@ -255,64 +257,6 @@ def run_compare(cache: Path, out: Path, methods, seed: int, max_steps: int | Non
     return rows
 
 
-def sklearn_probe(cache: Path, seed: int, train_split="train", test_split="test") -> dict:
-    """SKLEARN_PROTOCOL on `cache` (the k-shot cache as written)."""
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
-    with open_cache(cache) as c:
-        train, test = c.split(train_split).valid(), c.split(test_split).valid()
-    x, y = train.image_emb.astype(np.float64), train.labels
-    t0 = time.perf_counter()
-    n = len(y)
-    per_class = np.bincount(y)
-    per_class = per_class[per_class > 0]
-    out = {"rows": int(n)}
-    n_warn = 0
-
-    def fit(c_value, xs, ys, warm=None):
-        nonlocal n_warn
-        clf = warm or LogisticRegression(max_iter=1000, warm_start=warm is not None)
-        clf.set_params(C=c_value)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            clf.fit(xs, ys)
-        n_warn += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
-        return clf
-
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val = round(n / 5)
-    val, fit_rows = perm[:n_val], perm[n_val:]
-    if per_class.min() >= 2 and n_val >= 1 and len(np.unique(y[fit_rows])) >= 2:
-        clf, scores, best = LogisticRegression(max_iter=1000, warm_start=True), {}, None
-        for l2 in sorted(DEFAULT_L2_GRID, reverse=True):
-            fit(1.0 / (l2 * len(fit_rows)), x[fit_rows], y[fit_rows], warm=clf)
-            scores[repr(l2)] = float((clf.predict(x[val]) == y[val]).mean())
-            if best is None or scores[repr(l2)] > scores[repr(best)]:
-                best = l2
-        final = fit(1.0 / (best * n), x, y)
-        out.update(
-            choice="validation",
-            val_rows=int(n_val),
-            fit_rows=int(len(fit_rows)),
-            l2=best,
-            C=1.0 / (best * n),
-            val_top1_per_l2=scores,
-        )
-    else:
-        final = fit(SKLEARN_FIXED_C, x, y)
-        out.update(choice="fixed C (a class has a single row)", C=SKLEARN_FIXED_C)
-    pred = final.predict(test.image_emb.astype(np.float64))
-    out.update(
-        top1=float((pred == test.labels).mean()),
-        convergence_warnings=n_warn,
-        seconds=round(time.perf_counter() - t0, 3),
-    )
-    return out
-
-
 def _std(v: list[float]) -> float | None:
     return float(np.std(v, ddof=1)) if len(v) > 1 else None
 
@@ -349,6 +293,36 @@ def _cache_info(path: Path) -> dict:
             },
             "_per_class": per,
         }
+
+
+def zero_shot_ceiling(cache_path: Path) -> dict:
+    """How well ANY linear final layer over this cache's concepts can reproduce zero-shot: the
+    ridge map from the test rows' concept logits psi (dense, and TopK'd as the default sparse
+    head's bottleneck) to their zero-shot logits, fitted on the test rows themselves, scored as
+    test top-1. A ceiling for a CBM that keeps its zero-shot start, not a result (it sees test).
+    """
+    import torch
+
+    from heads.cbm.config import FitHeadConfig, resolve_topk
+    from heads.cbm.init import ridge_weights
+    from heads.cbm.model import ConceptBottleneck
+
+    with open_cache(cache_path) as c:
+        test = c.split("test").valid()
+        x = torch.from_numpy(test.image_emb).double()
+        d = torch.from_numpy(np.asarray(c.concept_emb())).double()
+        cl = torch.from_numpy(np.asarray(c.class_emb())).double()
+        scale = float(c.logit_scale)
+    y = torch.from_numpy(test.labels)
+    z = scale * x @ cl.T
+    k = resolve_topk(FitHeadConfig(cache=cache_path), len(d))
+    out = {"rows": len(y), "topk": k, "zero_shot": float((z.argmax(1) == y).double().mean())}
+    for name, topk in (("dense", 0), ("sparse_topk", k)):
+        a = ConceptBottleneck(len(d), len(cl), topk=topk).bottleneck(scale * x @ d.T)
+        ac, zc = a - a.mean(0), z - z.mean(0)
+        w, _ = ridge_weights(ac, zc, dual=len(a) < len(d))
+        out[name] = float(((ac @ w.T).argmax(1) == y).double().mean())
+    return out
 
 
 def shot_curve(
@@ -388,6 +362,7 @@ def shot_curve(
     max_steps = QUICK_MAX_STEPS if quick and max_steps is None else max_steps
     info = _cache_info(cache_path)
     per = info.pop("_per_class")
+    info["zero_shot_ceiling"] = zero_shot_ceiling(cache_path)
     k_info = {}
     for s in shots:
         if s == ALL:
@@ -449,29 +424,15 @@ def shot_curve(
             if "error" not in run:
                 cms_done = cms_done or "cms" in ms
                 zero_shot_values.add(res["zero-shot"]["top1"])
-            if "sklearn-probe" in methods:
-                try:
-                    res["sklearn-probe"] = sklearn_probe(path, seed)
-                    run["sklearn_probe"] = {
-                        k_: v
-                        for k_, v in res["sklearn-probe"].items()
-                        if k_ not in ("top1", "seconds")
-                    }
-                except Exception as e:  # noqa: BLE001 - recorded, the curve goes on
-                    run["sklearn_error"] = f"{type(e).__name__}: {e}"
             for m in methods:
                 if m in res:
                     raw[m].setdefault(s, []).append(
-                        (res[m]["top1"], res[m]["seconds"], rec["rows"])
+                        (res[m]["top1"], res[m]["seconds"], rec["rows"], res[m].get("faithfulness"))
                     )
             run["total_seconds"] = round(time.perf_counter() - t0, 2)
             runs.append(run)
             shown = " ".join(f"{m} {res[m]['top1']:.3f}" for m in methods if m in res)
-            err = (
-                f" ERROR {run.get('error') or run.get('sklearn_error')}"
-                if ("error" in run or "sklearn_error" in run)
-                else ""
-            )
+            err = f" ERROR {run['error']}" if "error" in run else ""
             print(
                 f"[{name}] k={s} seed {seed}: {rec['rows']} train rows -> {shown} "
                 f"({run['total_seconds']:.1f} s){err}",
@@ -493,6 +454,8 @@ def shot_curve(
                 got = raw[m].get(src, [])
             rows = [0 if m in TRAINING_FREE else g[2] for g in got]  # train rows it read
             entry = _summary([g[0] for g in got], [g[1] for g in got], rows)
+            faith = [g[3] for g in got if g[3] is not None and not math.isnan(g[3])]
+            entry["faithfulness_mean"] = float(np.mean(faith)) if faith else None
             if src != s:
                 entry["same_as"] = ALL
             by_k[s] = entry
@@ -506,11 +469,7 @@ def shot_curve(
         "k": k_info,
         "methods": out_methods,
         "runs": runs,
-        "errors": [
-            f"k={r['k']} seed {r['seed']}: {r.get('error') or r.get('sklearn_error')}"
-            for r in runs
-            if "error" in r or "sklearn_error" in r
-        ],
+        "errors": [f"k={r['k']} seed {r['seed']}: {r['error']}" for r in runs if "error" in r],
         "test_split_check": "k-shot caches' test split read back bit-identical to the parent's; "
         f"zero-shot top-1 over every run: {sorted(zero_shot_values)}",
     }
@@ -717,7 +676,7 @@ def main(argv=None) -> int:
             ),
             "entry": "subprocess `python cli.py compare` per (cache, k, seed), default flags, "
             "never --allow-overlap; each fitted method = fit-head --loss <m> at its defaults with "
-            "--seed S (compare's row, read from results.csv); sklearn-probe in process",
+            "--seed S (compare's row, read from results.csv), sklearn-probe included",
             "draw": DRAW,
             "all": "the parent cache itself; a k >= the largest class's train rows is the same "
             "draw (same_as_all: its numbers are the 'all' ones, not refitted)",

@@ -16,14 +16,24 @@ evaluation path (`heads.eval.evaluate`). Methods (a registry; `--method` picks a
                               elastic-net path at NEC = 5
 - l1-elastic-net              the default l1 head (dense bottleneck) with the elastic-net final
                               layer at NEC = 5: compare with l1's acc_nec5 (its truncation)
-- label-free-cbm              Label-free CBM (heads.baselines.lfcbm): cos³ projection from the
-                              image embedding + elastic-net final layer at NEC = 5
+- lf-cbm-scores               Label-free CBM's procedure (heads.baselines.lfcbm): cos³
+                              projection from the image embedding, cut-off, elastic-net final
+                              layer at NEC = 5. On a CLIP backbone its target I D^T is linear
+                              in the image embedding, so W_c = D reaches cos³ = 1 for every
+                              concept and the cut-off removes only what the optimiser missed:
+                              the row is an elastic-net layer on the concept scores (named for
+                              that; `--method label-free-cbm` still selects it)
+- sklearn-probe               reference: scikit-learn's LogisticRegression probe under the
+                              standard protocol (heads.baselines.sklearn_probe), where
+                              scikit-learn is installed; left out with a log line otherwise
 - random-concepts             control: the default sparse head on random unit vectors in place
                               of the concept embeddings (same |D|); if it matches the real
                               concepts, the concepts explain nothing
 
 Writes `results.csv`, `results.md` (columns method, top1, top5, acc_nec5, act_sparsity, nec,
-seconds, val_top1) and `results.png` (one row per method: test top-1, NEC and sparsity) to `--out`
+faithfulness (CBM heads: mean per-concept rank correlation of activation and raw cosine on
+test), seconds, val_top1) and `results.png` (one row per method: test top-1, NEC and
+sparsity) to `--out`
 (default runs/compare/<cache-stem>); head directories under `<out>/heads/`.
 """
 
@@ -44,6 +54,7 @@ from cache import open_cache
 from core import atomic
 from core.device import resolve_device
 from core.outputs import Ownership, check_output_path, check_replaceable
+from heads.baselines import sklearn_probe
 from heads.baselines.cms import cms_predict
 from heads.baselines.lfcbm import fit_label_free_cbm
 from heads.cbm.config import FitHeadConfig
@@ -52,7 +63,7 @@ from heads.cbm.train import fit, save_fitted
 from heads.chunks import iter_chunks
 from heads.errors import HeadsConfigError, OutputExistsError
 from heads.eval.config import METHODS, CompareConfig, Method
-from heads.eval.evaluate import evaluate, zero_shot_scorer
+from heads.eval.evaluate import Scorer, evaluate, zero_shot_scorer
 from heads.eval.metrics import classification_metrics, ranked
 from heads.eval.plots import new_figure, save_figure
 from heads.features import TextTensors
@@ -61,7 +72,17 @@ from heads.io.output import removed_on_write_error, result_files
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("method", "top1", "top5", "acc_nec5", "act_sparsity", "nec", "seconds", "val_top1")
+COLUMNS = (
+    "method",
+    "top1",
+    "top5",
+    "acc_nec5",
+    "act_sparsity",
+    "nec",
+    "faithfulness",
+    "seconds",
+    "val_top1",
+)
 
 
 @dataclass(frozen=True)
@@ -71,7 +92,7 @@ class CompareResult:
 
 
 def _row(name: str, metrics: dict, seconds: float, val: dict | None = None) -> dict:
-    row = {c: metrics.get(c, math.nan) for c in COLUMNS[1:6]}
+    row = {c: metrics.get(c, math.nan) for c in COLUMNS[1:7]}
     return {"method": name, **row, "seconds": seconds, "val_top1": (val or {}).get("top1")}
 
 
@@ -97,6 +118,24 @@ def _description(cache, data) -> dict | None:
     return classification_metrics(top, data.test.y.cpu().numpy(), data.n_classes)
 
 
+def _sklearn_probe(cfg, data) -> dict:
+    """The scikit-learn reference probe on all train rows, scored through the one path."""
+    rows = torch.cat([data.train_idx, data.val_idx])
+    x, y = data.train.x[rows].cpu().numpy(), data.train.y[rows].cpu().numpy()
+    coef, intercept, info = sklearn_probe.fit_sklearn_probe(x, y, cfg.seed)
+    layer = torch.nn.Linear(coef.shape[1], data.n_classes).to(data.test.x.device)
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.fill_(-1e9)  # a class absent from train is never predicted
+        present = torch.as_tensor(info["classes"], device=layer.weight.device)
+        layer.weight[present] = torch.as_tensor(coef, dtype=torch.float32).to(layer.weight)
+        layer.bias[present] = torch.as_tensor(intercept, dtype=torch.float32).to(layer.bias)
+    log.info("sklearn-probe: C %g (%s), %d convergence warnings", info["C"], info["choice"],
+             info["convergence_warnings"])  # fmt: skip
+    return evaluate(Scorer("probe", layer, data.text), data.test.x,
+                    data.test.y.cpu().numpy()).metrics  # fmt: skip
+
+
 def _training_free(cfg, name, cache, data) -> dict | None:
     x, y = data.test.x, data.test.y.cpu().numpy()
     if name == "zero-shot":
@@ -104,8 +143,10 @@ def _training_free(cfg, name, cache, data) -> dict | None:
     if name == "cms":
         out = cms_predict(x.cpu(), cache.concept_emb(), cache.class_emb(), device=x.device)
         return classification_metrics(out.topk, y, data.n_classes)
-    if name == "label-free-cbm":
+    if name == "lf-cbm-scores":
         return fit_label_free_cbm(data, seed=cfg.seed).metrics
+    if name == "sklearn-probe":
+        return _sklearn_probe(cfg, data) if sklearn_probe.available() else None
     return _description(cache, data)
 
 
@@ -168,7 +209,10 @@ def _run_compare(cfg: CompareConfig, out: Path) -> CompareResult:
             if method.head is None:
                 test, val = _training_free(cfg, name, cache, data), None
                 if test is None:
-                    log.info("%s skipped: the cache has no concept->class links", name)
+                    why = ("scikit-learn is not installed (pip install scikit-learn)"
+                           if name == "sklearn-probe" else "the cache has no concept->class "
+                           "links")  # fmt: skip
+                    log.info("%s skipped: %s", name, why)
                     continue
             else:
                 test, val = _fit_method(cfg, name, method, cache, data, device)
@@ -195,10 +239,12 @@ def markdown(table: pd.DataFrame) -> str:
             return f"{100 * v:.1f}"
         if col == "nec":
             return f"{v:.1f}"
+        if col == "faithfulness":
+            return f"{v:.2f}"
         return f"{v:.1f}" if col == "seconds" else str(v)
 
-    head = ["method", "top-1 %", "top-5 %", "acc@NEC=5 %", "act. sparsity %", "NEC", "seconds",
-            "val top-1 %"]  # fmt: skip
+    head = ["method", "top-1 %", "top-5 %", "acc@NEC=5 %", "act. sparsity %", "NEC",
+            "faithfulness", "seconds", "val top-1 %"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
         lines.append("| " + " | ".join(cell(c, r[c]) for c in COLUMNS) + " |")

@@ -123,7 +123,7 @@ def test_concept_width_mismatch_is_a_clear_error():
         ({"hard": True, "variant": "reference"}, "--hard needs --variant paper"),
         ({"device": "tpu"}, "device must be one of"),
         ({"device": "cuda:x"}, "device must be one of .*'cuda:N'.* got 'cuda:x'"),
-        ({"l2_grid": ()}, "--l2-grid must be non-empty"),
+        ({"c_grid": ()}, "--c-grid must be non-empty"),
         ({"topk": -1}, "topk must be an integer >= 0"),
         ({"topk": 3, "loss": "probe"}, "topk applies to the CBL"),
     ],

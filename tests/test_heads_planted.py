@@ -150,10 +150,10 @@ def test_zs_probe_is_flagged_as_not_a_true_probe(planted):
     assert "not a true linear probe" in r.metrics["note"]
     head = load_head(r.out_dir, planted["cache"])
     assert head.kind == "zs-probe" and "not a true linear probe" in head.config["fit"]["note"]
-    assert load_head(planted["results"]["probe"].out_dir).config["fit"]["l2"] in FIT_GRID
+    assert load_head(planted["results"]["probe"].out_dir).config["fit"]["C"] in FIT_GRID
 
 
-FIT_GRID = FitHeadConfig(cache="x").l2_grid
+FIT_GRID = FitHeadConfig(cache="x").c_grid
 
 
 def test_fit_is_deterministic(planted, tmp_path):
@@ -220,17 +220,24 @@ def test_coupling_decides_whether_ce_reaches_w_cbl(planted, loss, coupling, ce_r
 
 @pytest.mark.parametrize("loss", ("l1", "contrastive", "sparse"))
 def test_default_heads_are_never_below_their_start_on_validation(planted, loss):
-    """Early stopping evaluates step 0: the kept head is at least as good on validation as the
-    zero-shot-initialised start (for dense heads that start is the zero-shot classifier)."""
+    """Early stopping evaluates step 0: the kept CBL is at least as good on validation as the
+    zero-shot-initialised start (for dense heads that start is the zero-shot classifier); the
+    anchored final layer then picks its pull by cross-validation, the strongest pull (the
+    start itself) among the candidates, and is refitted on all of train."""
     r = planted["results"][f"{loss}-default"]
     hist = r.history
+    fit = load_head(r.out_dir).config["fit"]
     assert hist[0]["step"] == 0
     best = max(h["val_top1"] for h in hist)
-    kept = r.metrics["val"]["top1"]
+    kept = fit["best_val_top1"]
     assert kept >= hist[0]["val_top1"]
     # the best checkpoint, or the start when the best is within one standard error of it
-    margin = load_head(r.out_dir).config["fit"]["start_margin"]
+    margin = fit["start_margin"]
     assert kept == pytest.approx(best) or (kept == hist[0]["val_top1"] and best <= kept + margin)
+    ff = fit["final_fit"]
+    cv = {float(c): v for c, v in ff["cv_top1_per_C"].items()}
+    assert cv[ff["C"]] >= cv[min(cv)]  # the chosen pull is no worse held out than the start's
+    assert ff["refit_rows"] == len(planted["cache"].split("train").valid().labels)  # all train
     if loss != "sparse":  # dense: step 0 is the zero-shot classifier (class_emb in span(D))
         assert hist[0]["val_top1"] == pytest.approx(r.metrics["zero_shot"]["val"]["top1"])
         assert r.metrics["test"]["top1"] >= r.metrics["zero_shot"]["test"]["top1"] - 0.01

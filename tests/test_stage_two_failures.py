@@ -222,20 +222,31 @@ def test_primal_ridge_is_bit_identical_to_the_previous_solver():
     assert torch.equal(old, new)
 
 
-def test_the_zero_shot_init_takes_the_dual_form_below_d_rows(tmp_path):
+def test_the_zero_shot_init_adds_pseudo_rows_when_there_are_few_fit_rows(tmp_path):
+    """36 fit rows, 120 concepts: the ridge on the fit rows alone would interpolate them; the
+    seeded pseudo-rows make it a system of 36 + 1,024 rows (primal form), and the start still
+    predicts what zero-shot predicts on the fit rows and on rows it never saw."""
     from cache import open_cache
     from heads.cbm.config import FitHeadConfig
     from heads.cbm.init import init_final_layer
     from heads.cbm.model import ConceptBottleneck
+    from heads.features import FEATURES
     from heads.io.data import load_data
+    from heads.psi import class_logits
 
     path = write_cache(tmp_path / "wide.zarr", **_arrays(n_train=40, n_concepts=120))
     with open_cache(path) as c:
         data = load_data(c, FitHeadConfig(cache=path, loss="l1"), "cpu")
         model = ConceptBottleneck(120, 3)
         info = init_final_layer(model, data, "zero-shot")
-    assert info["form"] == "dual" and info["rows"] == 36 < 120
-    assert info["relative_residual"] < 1e-2 and info["agreement"] == 1.0  # exact fit: N < |D|
+        again = init_final_layer(ConceptBottleneck(120, 3), data, "zero-shot")
+    assert info["form"] == "primal" and info["rows"] == 36 and info["pseudo_rows"] == 1024
+    assert info["agreement"] == 1.0 and info == again  # seeded: the same start twice
+    x = data.test.x
+    with torch.no_grad():
+        head = model(FEATURES["cbm"](x, data.text)).argmax(1)
+    zs = class_logits(x, data.text.class_emb, data.text.logit_scale).argmax(1)
+    assert float((head == zs).double().mean()) >= 0.95
 
 
 def test_available_memory_is_read_from_the_host():
@@ -295,7 +306,8 @@ def test_the_init_checks_its_own_memory_before_allocating(tmp_path, monkeypatch)
     with open_cache(path) as c:
         data = load_data(c, FitHeadConfig(cache=path), "cpu")
     monkeypatch.setattr(heads.memory, "available_bytes", lambda device: 1000)
-    with pytest.raises(InsufficientMemoryError, match="--fc-init zero-shot .* 360 rows x 50"):
+    want = r"--fc-init zero-shot .* 360 fit rows \+ 1,024 pseudo-rows x 50"
+    with pytest.raises(InsufficientMemoryError, match=want):
         init_final_layer(ConceptBottleneck(50, 3), data, "zero-shot")
     init_final_layer(ConceptBottleneck(50, 3), data, "zero")  # needs nothing
 

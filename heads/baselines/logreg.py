@@ -66,8 +66,9 @@ class LogRegFit:
     weight: torch.Tensor  # (C, E) float32
     bias: torch.Tensor  # (C,) float32
     l2: float  # chosen strength (best val top-1; ties -> stronger L2)
-    val_top1_per_l2: dict[float, float]
+    val_top1_per_l2: dict[float, float]  # (cross-validated top-1 for fit_logreg_cv)
     iterations: dict[float, int]  # L-BFGS iterations (= pairs of GEMMs) per L2
+    cv_loss_per_l2: dict[float, float] | None = None  # fit_logreg_cv: held-out mean CE
 
 
 # ------------------------------------------------------------------------------- threads
@@ -270,11 +271,11 @@ class _Preconditioner:
 class _LineSearch:
     """phi(t) = f(theta + t d) from the fixed logits z and direction logits zd (no GEMMs)."""
 
-    def __init__(self, z, zd, y, theta, d, l2):
+    def __init__(self, z, zd, y, state, d, l2):
         self.z, self.zd, self.l2, self.n = z, zd, l2, z.shape[0]
         self.zy = float(z.gather(1, y[:, None]).sum(dtype=torch.float64))
         self.zdy = float(zd.gather(1, y[:, None]).sum(dtype=torch.float64))
-        w, dw = theta[:, :-1], d[:, :-1]
+        w, dw = state.delta(), d[:, : state.cols]
         self.ww, self.wd, self.dd = (
             float((w * w).sum()),
             float((w * dw).sum()),
@@ -343,21 +344,43 @@ class _State:
     """Parameters and what the solver keeps about them between L2 values of the path.
 
     theta: float64 (C, E+1) = [W | b]; z: fp32 logits X W^T + b (tracked along the steps, so a
-    new L2 starts without any GEMM); ce, g_ce: mean CE and its gradient (float64)."""
+    new L2 starts without any GEMM); ce, g_ce: mean CE and its gradient (float64).
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, n_classes: int):
-        self.theta = torch.zeros(n_classes, x.shape[1] + 1, dtype=torch.float64, device=x.device)
+    anchor: None (the probe: the penalty is l2/2 ||W||^2, bias free, start at zero) or a
+    float64 (C, E+1) [W0 | b0] the fit starts at and is pulled toward: the penalty is
+    l2/2 ||[W | b] - [W0 | b0]||^2 (bias included, so an infinite l2 returns the anchor)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, n_classes: int, anchor=None):
+        shape = (n_classes, x.shape[1] + 1)
+        if anchor is None:
+            self.anchor, self.cols = None, shape[1] - 1
+            self.theta = torch.zeros(shape, dtype=torch.float64, device=x.device)
+        else:
+            self.anchor = torch.as_tensor(anchor, dtype=torch.float64).to(x.device)
+            if tuple(self.anchor.shape) != shape:
+                raise ValueError(f"anchor must be [W0 | b0] of shape {shape}, got "
+                                 f"{tuple(self.anchor.shape)}")  # fmt: skip
+            if not bool(torch.isfinite(self.anchor).all()):
+                raise ValueError("anchor contains NaN or infinite values")
+            self.cols, self.theta = shape[1], self.anchor.clone()
         self.z = _logits(x, self.theta)
         ce, p = _softmax_stats(self.z, y)
         self.ce, self.g_ce = ce / x.shape[0], _gradient(p, y, x, self.theta, 0.0)
         if not bool(torch.isfinite(self.g_ce).all()):  # X^T (p - Y): NaN/inf in x shows here
             raise ValueError("x contains NaN or infinite values (or values too large for fp32)")
 
+    def delta(self) -> torch.Tensor:
+        """The penalised part of theta minus its anchor: W (probe) or [W | b] - [W0 | b0]."""
+        w = self.theta[:, : self.cols]
+        return w if self.anchor is None else w - self.anchor
+
+    def penalty(self, l2: float) -> float:
+        return 0.5 * l2 * float(self.delta().pow(2).sum())
+
     def objective(self, l2: float) -> tuple[float, torch.Tensor]:
-        w = self.theta[:, :-1]
         g = self.g_ce.clone()
-        g[:, :-1].add_(w, alpha=l2)
-        return self.ce + 0.5 * l2 * float(w.pow(2).sum()), g
+        g[:, : self.cols].add_(self.delta(), alpha=l2)
+        return self.ce + self.penalty(l2), g
 
 
 def _minimise(x, y, state: _State, l2: float, precond: _Preconditioner, max_iter, tol) -> int:
@@ -396,7 +419,7 @@ def _minimise(x, y, state: _State, l2: float, precond: _Preconditioner, max_iter
             if not g0 < 0:
                 break
         zd = _logits(x, d)
-        found = _LineSearch(z, zd, y, theta, d, l2).search(f, g0)
+        found = _LineSearch(z, zd, y, state, d, l2).search(f, g0)
         if found is None:
             if s_hist:  # retry once from the preconditioned gradient
                 s_hist, y_hist, rho_hist = [], [], []
@@ -408,7 +431,7 @@ def _minimise(x, y, state: _State, l2: float, precond: _Preconditioner, max_iter
         theta.add_(d, alpha=t)
         if it % _REFRESH == 0:
             precond.refresh(p)
-        state.ce = f - 0.5 * l2 * float(theta[:, :-1].pow(2).sum())
+        state.ce = f - state.penalty(l2)
         state.g_ce = _gradient(p, y, x, theta, 0.0)
         _, g_new = state.objective(l2)
         s_k, y_k = d.mul_(t), g_new - g
@@ -434,15 +457,37 @@ def fit_logreg_path(
     max_iter: int = 100,
     tol: float = 1e-5,
     progress: bool = False,
+    anchor=None,
 ) -> LogRegFit:
     """Fit multinomial logistic regression for every L2 of the grid; keep the best on val.
 
     x (N, E) and x_val (M, E): features (numpy or torch; used as fp32, on x's device).
     y (N,), y_val (M,): integer labels in [0, n_classes). The grid is solved from strong to
-    weak L2, each fit warm-started from the previous one (the first from zero). The chosen L2
-    has the highest val top-1 (argmax ties go to the lowest class index); equal val top-1 goes
-    to the stronger L2. Each fit stops when max |grad| <= tol or after max_iter iterations.
+    weak L2, each fit warm-started from the previous one (the first from zero, or from
+    `anchor`). The chosen L2 has the highest val top-1 (argmax ties go to the lowest class
+    index); equal val top-1 goes to the stronger L2. Each fit stops when max |grad| <= tol or
+    after max_iter iterations. anchor: see `_State` (a start the fit is pulled toward).
     """
+    grid, max_iter, tol = _check_solver_args(n_classes, l2_grid, max_iter, tol)
+    with _serial_except_gemm():
+        x, y = _checked_xy("x", "y", x, y, n_classes, None)
+        x_val, y_val = _checked_xy("x_val", "y_val", x_val, y_val, n_classes, x)
+        scores: dict[float, float] = {}
+        iterations: dict[float, int] = {}
+        best_key, best_theta = None, None
+        for l2, theta, its in _path(x, y, n_classes, grid, anchor, max_iter, tol):
+            correct = _top1_correct(x_val, y_val, theta)
+            scores[l2], iterations[l2] = correct / x_val.shape[0], its
+            if progress:
+                print(f"logreg: l2 {l2:.1e}: {its} iterations, val top-1 "
+                      f"{correct / x_val.shape[0]:.4f}", file=sys.stderr)  # fmt: skip
+            key = (correct, l2)  # more correct first; then the stronger L2
+            if best_key is None or key > best_key:
+                best_key, best_theta = key, theta.clone()
+    return _result(best_theta, best_key[1], scores, iterations)
+
+
+def _check_solver_args(n_classes, l2_grid, max_iter, tol):
     if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)):
         raise ValueError(f"n_classes must be an int, got {n_classes!r}")
     if n_classes < 2:
@@ -451,38 +496,121 @@ def fit_logreg_path(
         raise ValueError(f"max_iter must be an int >= 0, got {max_iter!r}")
     if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
-    grid = _grid(l2_grid)
-    with _serial_except_gemm():
-        return _fit_path(x, y, x_val, y_val, n_classes, grid, int(max_iter), float(tol), progress)
+    return _grid(l2_grid), int(max_iter), float(tol)
 
 
-def _fit_path(x, y, x_val, y_val, n_classes, grid, max_iter, tol, progress) -> LogRegFit:
-    x = _features("x", x, check_finite=False)  # checked for free by `_State`
-    x_val = _features("x_val", x_val, x.device)
-    if x_val.shape[1] != x.shape[1]:
-        raise ValueError(
-            f"x_val has {x_val.shape[1]} features but x has {x.shape[1]} (shapes "
-            f"{tuple(x_val.shape)} vs {tuple(x.shape)})"
-        )
-    y = _labels("y", y, x.shape[0], n_classes, x.device)
-    y_val = _labels("y_val", y_val, x_val.shape[0], n_classes, x.device)
+def _checked_xy(xname, yname, x, y, n_classes, like):
+    """(fp32 features, int64 labels), on `like`'s device and with its width when given."""
+    if like is None:
+        x = _features(xname, x, check_finite=False)  # checked for free by `_State`
+    else:
+        x = _features(xname, x, like.device)
+        if x.shape[1] != like.shape[1]:
+            raise ValueError(
+                f"{xname} has {x.shape[1]} features but x has {like.shape[1]} (shapes "
+                f"{tuple(x.shape)} vs {tuple(like.shape)})"
+            )
+    return x, _labels(yname, y, x.shape[0], n_classes, x.device)
 
-    n_val = x_val.shape[0]
-    state = _State(x, y, n_classes)
+
+def _path(x, y, n_classes, grid, anchor, max_iter, tol):
+    """Yield (l2, theta, iterations) along `grid` (strong to weak), each fit warm-started from
+    the previous one; theta is the solver's live (C, E+1) float64 array: clone it to keep it."""
+    state = _State(x, y, n_classes, anchor)
     precond = _Preconditioner(x)
-    scores: dict[float, float] = {}
-    iterations: dict[float, int] = {}
-    best_key, best_theta = None, None
     for l2 in grid:
-        its = _minimise(x, y, state, l2, precond, max_iter, tol)
-        correct = _top1_correct(x_val, y_val, state.theta)
-        scores[l2], iterations[l2] = correct / n_val, its
+        yield l2, state.theta, _minimise(x, y, state, l2, precond, max_iter, tol)
+
+
+def _result(theta, l2, scores, iterations, **extra) -> LogRegFit:
+    weight = theta[:, :-1].to(torch.float32).contiguous()
+    bias = theta[:, -1].to(torch.float32).contiguous()
+    return LogRegFit(weight, bias, l2, scores, iterations, **extra)
+
+
+def cv_folds(y, folds: int, seed: int) -> np.ndarray:
+    """(N,) fold index in [0, folds) of each row: stratified -- each class's rows, in a seeded
+    order, are dealt round-robin from a seeded offset, so every fold gets about 1/folds of
+    every class (a class with fewer rows than folds is in fewer folds)."""
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(y), dtype=np.int64)
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
+        rows = rows[rng.permutation(len(rows))]
+        out[rows] = (np.arange(len(rows)) + rng.integers(folds)) % folds
+    return out
+
+
+def fit_logreg_cv(
+    x,
+    y,
+    *,
+    n_classes: int,
+    l2_grid: Sequence[float] = DEFAULT_L2_GRID,
+    folds: int = 5,
+    seed: int = 0,
+    max_iter: int = 100,
+    tol: float = 1e-5,
+    anchor=None,
+    progress: bool = False,
+) -> LogRegFit:
+    """Choose L2 by stratified k-fold cross-validation on (x, y), then refit on ALL rows.
+
+    For each fold, the grid is solved on the other folds (strong to weak, warm-started) and
+    scored on the held-out fold; the chosen L2 has the most held-out rows right over all folds,
+    ties going to the lower held-out cross-entropy (smoother than top-1 on a few rows). The
+    returned weights are the refit on every row at that L2 (the path from the strongest L2
+    down to it, warm-started), so no labelled row is left out of the final model.
+    `val_top1_per_l2` holds the cross-validated top-1; `cv_loss_per_l2` the held-out CE.
+    folds: an int >= 2 (stratified folds by `cv_folds`; fewer when there are fewer rows), or
+    an (N,) array of fold ids given by the caller, where -1 marks rows never held out (a single
+    hold-out split is `0` for its validation rows and `-1` elsewhere). anchor: see `_State`.
+    """
+    grid, max_iter, tol = _check_solver_args(n_classes, l2_grid, max_iter, tol)
+    with _serial_except_gemm():
+        x, y = _checked_xy("x", "y", x, y, n_classes, None)
+        if x.shape[0] < 2:
+            raise ValueError(f"cross-validation needs at least 2 rows, got {x.shape[0]}")
+        fold = _fold_ids(folds, y, seed)
+        scored = 0
+        correct = dict.fromkeys(grid, 0)
+        loss = dict.fromkeys(grid, 0.0)
+        for f in range(int(fold.max()) + 1):
+            held = fold == f
+            if not bool(held.any()) or bool(held.all()):
+                continue
+            scored += int(held.sum())
+            xv, yv = x[held], y[held]
+            for l2, theta, _ in _path(x[~held], y[~held], n_classes, grid, anchor, max_iter, tol):
+                correct[l2] += _top1_correct(xv, yv, theta)
+                loss[l2] += _softmax_stats(_logits(xv, theta), yv)[0]
+        n = x.shape[0]
+        if scored == 0:
+            raise ValueError("no fold could be held out: every row is in one fold, or none is")
+        chosen = min(grid, key=lambda l2: (-correct[l2], loss[l2], -l2))
+        refit_grid = [l2 for l2 in grid if l2 >= chosen]
+        iterations: dict[float, int] = {}
+        for l2, live, its in _path(x, y, n_classes, refit_grid, anchor, max_iter, tol):
+            iterations[l2], theta = its, live
         if progress:
-            print(f"logreg: l2 {l2:.1e}: {its} iterations, val top-1 {correct / n_val:.4f}",
+            print(f"logreg: {int(fold.max()) + 1}-fold CV chose l2 {chosen:.1e} (CV top-1 "
+                  f"{correct[chosen] / scored:.4f}), refit on all {n} rows",
                   file=sys.stderr)  # fmt: skip
-        key = (correct, l2)  # more correct first; then the stronger L2
-        if best_key is None or key > best_key:
-            best_key, best_theta = key, state.theta.clone()
-    weight = best_theta[:, :-1].to(torch.float32).contiguous()
-    bias = best_theta[:, -1].to(torch.float32).contiguous()
-    return LogRegFit(weight, bias, best_key[1], scores, iterations)
+        return _result(theta, chosen, {k: v / scored for k, v in correct.items()}, iterations,
+                       cv_loss_per_l2={k: v / scored for k, v in loss.items()})  # fmt: skip
+
+
+def _fold_ids(folds, y: torch.Tensor, seed: int) -> torch.Tensor:
+    if isinstance(folds, (int, np.integer)) and not isinstance(folds, bool):
+        if folds < 2:
+            raise ValueError(f"folds must be >= 2 (or an array of fold ids), got {folds}")
+        ids = cv_folds(y.cpu().numpy(), min(int(folds), y.shape[0]), seed)
+    else:
+        ids = np.asarray(folds.cpu() if isinstance(folds, torch.Tensor) else folds)
+        if ids.shape != (y.shape[0],) or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"fold ids must be integers, one per row ({y.shape[0]}), got "
+                             f"shape {ids.shape} dtype {ids.dtype}")  # fmt: skip
+        if ids.min() < -1:
+            raise ValueError("fold ids must be >= 0, or -1 for rows never held out")
+    return torch.from_numpy(ids.astype(np.int64)).to(y.device)

@@ -24,7 +24,9 @@ FINAL_LAYERS = ("dense", "elastic-net")
 FEATURE_SOURCES = ("clip", "sae", "adapter")  # clip: the cache's embeddings; else a transform
 AUTO_TOPK_FRACTION = 0.1  # sparse default: 10% of |D| active (>= 90% inactive)
 AUTO_TOPK_MAX = 64
-DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+DEFAULT_C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # probe: scikit-learn's C
+ANCHOR_C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+FINAL_FITS = ("anchored", "sgd")
 
 
 def _positive(name: str, value, *, allow_zero: bool = False) -> None:
@@ -96,9 +98,22 @@ class FitHeadConfig:
     train_split: str = option("train", "Cache split to train on (validation is carved from it).")
     test_split: str | None = option("test", "Cache split to report on; skipped when the cache "
                                     "lacks it.")  # fmt: skip
-    l2_grid: tuple[float, ...] = option(DEFAULT_L2_GRID, "Probe L2 strengths tried on "
-                                        "validation (repeat the option).")  # fmt: skip
-    probe_max_iter: int = option(100, "L-BFGS iterations per L2 value (probe, zs-probe).")
+    c_grid: tuple[float, ...] = option(DEFAULT_C_GRID, "Probe inverse L2 strengths C tried "
+                                       "(scikit-learn's C for unit-norm rows: L2 = mean "
+                                       "||x||^2 / (C N)); repeat the option.")  # fmt: skip
+    final_fit: str = option("anchored", "CBM final layer: anchored = after the CBL is trained, "
+                            "W_F, b are refitted as a convex logistic regression pulled toward "
+                            "their start (--fc-init; penalty L2 ||[W_F|b] - [W0|b0]||^2, C "
+                            "chosen by cross-validation, then refitted on all of train); sgd "
+                            "= W_F as SGD left it.", choices=FINAL_FITS)  # fmt: skip
+    anchor_c_grid: tuple[float, ...] = option(ANCHOR_C_GRID, "--final-fit anchored: inverse "
+                                              "strengths C of the pull toward the start "
+                                              "(small C: stay at the start).")  # fmt: skip
+    cv_folds: int = option(5, "Folds of the cross-validation that chooses C (probe, anchored "
+                           "final layer) on up to 20,000 train rows; above, the validation "
+                           "rows are one hold-out.")  # fmt: skip
+    probe_max_iter: int = option(300, "L-BFGS iterations per C value (probe, zs-probe, the "
+                                 "anchored final layer).")  # fmt: skip
     overwrite: bool = option(False, "Replace an existing non-empty head directory.")
     verify: bool = option(True, VERIFY_HELP)
     allow_overlap: bool = option(False, ALLOW_OVERLAP_HELP)
@@ -107,7 +122,8 @@ class FitHeadConfig:
         object.__setattr__(self, "cache", Path(self.cache))
         if self.out is not None:
             object.__setattr__(self, "out", Path(self.out))
-        object.__setattr__(self, "l2_grid", tuple(float(v) for v in self.l2_grid))
+        for name in ("c_grid", "anchor_c_grid"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         for name in ("sae", "adapter"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
@@ -162,8 +178,15 @@ class FitHeadConfig:
                 "--hard needs --variant paper: the reference form takes -log of the one-hot "
                 "sample, which is inf"
             )
-        if not self.l2_grid or any(v <= 0 or not math.isfinite(v) for v in self.l2_grid):
-            raise ValueError(f"l2_grid must be non-empty values > 0, got {self.l2_grid!r}")
+        for name in ("c_grid", "anchor_c_grid"):
+            grid = getattr(self, name)
+            if not grid or any(v <= 0 or not math.isfinite(v) for v in grid):
+                raise ValueError(f"{name} must be non-empty values > 0, got {grid!r}")
+            if len(set(grid)) != len(grid):
+                raise ValueError(f"{name} has duplicate values: {grid!r}")
+        folds = self.cv_folds
+        if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+            raise ValueError(f"cv_folds must be an integer >= 2, got {self.cv_folds!r}")
 
     @property
     def kind(self) -> str:
@@ -195,7 +218,7 @@ class FitHeadConfig:
         d = asdict(self)
         d["cache"] = str(self.cache)
         d["out"] = str(self.out_dir())
-        d["l2_grid"] = list(self.l2_grid)
+        d["c_grid"], d["anchor_c_grid"] = list(self.c_grid), list(self.anchor_c_grid)
         for name in ("sae", "adapter"):
             d[name] = None if d[name] is None else str(d[name])
         return d

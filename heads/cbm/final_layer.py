@@ -1,4 +1,19 @@
-"""`--final-layer elastic-net`: the field's sparse final layer (Label-free CBM, VLG-CBM).
+"""Refits of a CBM's final layer W_F (+ b) on the trained CBL's activations.
+
+`--final-fit anchored` (the default, `fit_anchored_final_layer`): W_F, b are the convex
+multinomial logistic regression
+
+    min  mean_i CE(W a_i + b, y_i) + l2 / 2 ||[W | b] - [W0 | b0]||^2
+
+over all train rows (fit + validation), where [W0 | b0] is the start (`--fc-init`: with
+zero-shot, the zero-shot classifier reproduced through the concepts). l2 = mean ||a||^2 /
+(C N) with C from --anchor-c-grid chosen by cross-validation (heads.baselines.probe.cv_fit),
+so the head moves away from its start only as far as held-out rows support: with one shot per
+class, the strongest pull usually wins and the head is its start; with thousands of rows, a
+weak pull and the head is a probe on the concept activations. An infinite l2 returns the start
+exactly; l2 = 0 is the unpenalised fit (tested).
+
+`--final-layer elastic-net`: the field's sparse final layer (Label-free CBM, VLG-CBM).
 
 After the CBL is trained, W_F (+ b) is refitted on the fit rows' bottleneck activations along
 an elastic-net path (heads.cbm.elastic_net: full-batch proximal gradient in torch, the
@@ -78,6 +93,28 @@ def fit_sparse_linear(a_fit, y_fit, a_val, y_val, n_classes: int, config) -> tup
     info = {"lam": path.lam, "nec": path.nec, "path": path.path, "val_top1_shrunk": val0,
             "val_top1_refit": val1, "refit_kept": refit}  # fmt: skip
     return w, b, info
+
+
+def fit_anchored_final_layer(model, data, config, anchor: tuple) -> dict:
+    """Replace model.fc by the anchored logistic regression toward anchor = (W0, b0) on all
+    train rows (see the module docstring); returns what was chosen."""
+    from heads.baselines.probe import cv_fit  # heads.baselines imports heads.cbm.final_layer
+
+    rows = torch.cat([data.train_idx, data.val_idx])
+    a = _activations(model, data, rows)
+    w0, b0 = anchor
+    start = torch.cat([w0, b0[:, None]], 1).to(a.device, torch.float64)
+    w, b, info = cv_fit(a, data.train.y[rows], len(data.train_idx), n_classes=data.n_classes,
+                        c_grid=config.anchor_c_grid, config=config, anchor=start)  # fmt: skip
+    with torch.no_grad():
+        info["moved"] = float(torch.cat([w - w0, (b - b0)[:, None]], 1).norm()
+                              / start.norm().clamp_min(1e-12))  # fmt: skip
+        model.fc.weight.copy_(w.to(model.fc.weight))
+        model.fc.bias.copy_(b.to(model.fc.bias))
+    log.info("anchored final layer: C %g by %s (CV top-1 %.4f), moved %.3f of the start's norm",
+             info["C"], info["selection"], info["cv_top1_per_C"][repr(info["C"])],
+             info["moved"])  # fmt: skip
+    return info
 
 
 def fit_sparse_final_layer(model, data, config) -> dict:

@@ -29,7 +29,7 @@ from core.progress import bar as progress_bar
 from heads.baselines.features_head import fit_features_head
 from heads.baselines.probe import BASELINE_TRAINERS
 from heads.cbm.config import FitHeadConfig, resolve_topk
-from heads.cbm.final_layer import fit_sparse_final_layer
+from heads.cbm.final_layer import fit_anchored_final_layer, fit_sparse_final_layer
 from heads.cbm.init import (
     FC_INITS,
     ZERO_SHOT_ROWS,
@@ -314,7 +314,24 @@ def fit_cbm(data: HeadData, config: FitHeadConfig, device) -> tuple[ConceptBottl
     info["weight_change"] = _weight_change(init, model.state_dict())
     if config.final_layer == "elastic-net":
         info["elastic_net"] = fit_sparse_final_layer(model, data, config)
+    elif config.final_fit == "anchored":
+        info["final_fit"] = _anchored_refit(model, data, config, init, best_step)
     return model, info
+
+
+def _anchored_refit(model, data, config, init: dict, best_step: int) -> dict:
+    """`--final-fit anchored` on the kept CBL: the anchor is the start of the final layer for
+    THIS concept layer -- the step-0 W_F when the CBL is still the step-0 one, else --fc-init
+    run again on the trained CBL (so a zero-shot start stays the zero-shot classifier)."""
+    if best_step > 0:
+        fc_init = init_final_layer(model, data, config.fc_init)
+        anchor = (model.fc.weight.detach().clone(), model.fc.bias.detach().clone())
+    else:
+        fc_init = None
+        anchor = (init["fc.weight"], init["fc.bias"])
+    info = fit_anchored_final_layer(model, data, config, anchor)
+    info["anchor"] = "step-0 final layer" if fc_init is None else {"re-init": fc_init}
+    return info
 
 
 def _start_margin(acc: float, n_val: int) -> float:

@@ -125,6 +125,8 @@ class Method:
     random_concepts: bool = False  # replace the concept embeddings by random unit vectors
 
 
+RENAMED = {"label-free-cbm": "lf-cbm-scores"}  # old --method names still accepted
+
 METHODS: dict[str, Method] = {
     "zero-shot": Method("zero-shot CLIP"),
     "cms": Method("Concept Matrix Search"),
@@ -141,7 +143,16 @@ METHODS: dict[str, Method] = {
         "l1-CBM, elastic-net final layer at NEC=5",
         {"loss": "l1", "final_layer": "elastic-net", "nec": 5.0},
     ),
-    "label-free-cbm": Method("Label-free CBM: cos^3 projection + elastic-net at NEC=5"),
+    "lf-cbm-scores": Method(
+        "Label-free CBM's procedure (cos^3 projection, cut-off, elastic-net "
+        "at NEC=5); on a CLIP backbone its target is linear in the image "
+        "embedding, so the projection reaches W_c = D: an elastic-net layer "
+        "on the concept scores"
+    ),  # fmt: skip
+    "sklearn-probe": Method(
+        "reference: scikit-learn LogisticRegression probe (C on a fifth of "
+        "train, refitted on all; needs scikit-learn)"
+    ),  # fmt: skip
     "random-concepts": Method(
         "control: Sparse-CBM on random concept vectors", {"loss": "sparse"}, random_concepts=True
     ),
@@ -154,7 +165,8 @@ class CompareConfig:
     cache: Path = option(help="Embedding cache (zarr directory or .h5 file).")
     out: Path | None = option(None, "Output directory (default: runs/compare/<cache-stem>).")
     methods: tuple[str, ...] = option(tuple(METHODS), "Methods to run (repeat the option).",
-                                      choices=lambda: list(METHODS), flag="--method")  # fmt: skip
+                                      choices=lambda: [*METHODS, *RENAMED],
+                                      flag="--method")  # fmt: skip
     seed: int = option(0, "Seed of every fit (validation split, init, shuffling).")
     max_steps: int = option(2000, "Step budget of every fitted head (fit-head --max-steps).")
     device: str = option("auto", DEVICE_HELP)
@@ -175,6 +187,7 @@ class CompareConfig:
         if self.out is not None:
             object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "methods", tuple(RENAMED.get(m, m) for m in self.methods))
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ValueError(f"methods must be a non-empty subset of {list(METHODS)}: {unknown}")

@@ -21,10 +21,12 @@ from torch import nn
 from core.progress import bar as progress_bar
 from heads.chunks import CHUNK_ROWS, iter_chunks
 from heads.eval.metrics import (
+    FAITHFULNESS_ROWS,
     NEC_GRID,
     NecEvaluator,
     activation_sparsity,
     classification_metrics,
+    concept_faithfulness,
     confusion_matrix,
     mean_of,
     per_class_accuracy,
@@ -159,13 +161,15 @@ def evaluate(
     metrics: n, top1, top5, mean_per_class_acc; for a cbm head also nec (mean non-zero W_F
     weights per class), nec_min/max, concepts_used, acc_nec{5..30}, acc_nec_avg (W_F truncated
     to the NEC largest |weights| per class), act_sparsity (fraction of |a_j| <= 1e-3 max|a|),
-    act_l0 (exact non-zeros) and active_concepts (activations above that threshold).
+    act_l0 (exact non-zeros), active_concepts (activations above that threshold) and
+    faithfulness (mean per-concept Spearman correlation of activation j with the raw cosine of
+    image and concept j, over the first FAITHFULNESS_ROWS rows: `concept_faithfulness`).
     """
     labels = np.asarray(labels)
     n_classes = len(scorer.text.class_emb)
     fc = scorer.fc
     nec = NecEvaluator(fc.weight, fc.bias, necs) if fc is not None else None
-    tops, sparsity = [], {}
+    tops, sparsity, faith_a, faith_cos = [], {}, [], []
     was = scorer.module.training
     scorer.module.eval()
     try:
@@ -175,6 +179,10 @@ def evaluate(
             else:
                 a = scorer.activations(x[sl])  # (B, |D|), reused below
                 nec.update(a, labels[sl])
+                if sum(len(f) for f in faith_a) < FAITHFULNESS_ROWS:
+                    faith_a.append(a.cpu())
+                    xs = as_float_tensor(x[sl], scorer.device)
+                    faith_cos.append((xs @ scorer.text.concept_emb.T).cpu())
                 for k, v in activation_sparsity(a).items():
                     sparsity.setdefault(k, []).append(v.cpu())
                 logits = F.linear(a, fc.weight.detach().float(), fc.bias.detach().float())
@@ -190,5 +198,8 @@ def evaluate(
         metrics["act_sparsity"] = mean_of([rows["sparsity"]])
         metrics["act_l0"] = mean_of([rows["l0"]])
         metrics["active_concepts"] = mean_of([rows["l0_eff"]])
+        if len(x) > 1:
+            fa, fc_ = (torch.cat(v)[:FAITHFULNESS_ROWS] for v in (faith_a, faith_cos))
+            metrics.update(concept_faithfulness(fa, fc_))
     pred = top[:, 0].numpy()
     return HeadEvaluation(metrics, top, confusion_matrix(pred, labels, n_classes), rows)

@@ -199,3 +199,31 @@ def mean_of(rows: Iterable[torch.Tensor]) -> float:
     total = sum(float(r.double().sum()) for r in rows)
     n = sum(int(r.numel()) for r in rows)
     return total / n if n else float("nan")
+
+
+FAITHFULNESS_ROWS = 5_000  # rows (the first of the split) the faithfulness score reads
+
+
+def _average_ranks(v: torch.Tensor) -> torch.Tensor:
+    """Column-wise ranks (0-based, ties get their mean rank) of v (N, D), float64."""
+    s = v.T.contiguous().sort(dim=1).values  # (D, N)
+    q = v.T.contiguous()
+    lo = torch.searchsorted(s, q, side="left")
+    hi = torch.searchsorted(s, q, side="right")
+    return ((lo + hi - 1).double() / 2).T
+
+
+def concept_faithfulness(a: torch.Tensor, cos: torch.Tensor) -> dict:
+    """Mean over concepts j of the Spearman rank correlation, over rows, between activation
+    a[:, j] and the raw image-concept cosine cos[:, j] (both (N, |D|)): 1.0 when activation j
+    orders images exactly as CLIP's score for concept j does (an identity CBL, CMS-like
+    scores). Concepts whose activation or cosine is constant over the rows (e.g. never kept by
+    a TopK bottleneck) have no correlation: they are counted in `faithfulness_undefined` and
+    left out of the mean (None when every concept is)."""
+    ra, rc = _average_ranks(a.float()), _average_ranks(cos.float())
+    ra, rc = ra - ra.mean(0), rc - rc.mean(0)
+    den = ra.norm(dim=0) * rc.norm(dim=0)
+    ok = den > 0
+    rho = (ra * rc).sum(0)[ok] / den[ok]
+    return {"faithfulness": float(rho.mean()) if bool(ok.any()) else None,
+            "faithfulness_undefined": int((~ok).sum())}  # fmt: skip
