@@ -90,7 +90,7 @@ def fit(cache: Path, cache_name: str, loss: str, coupling: str, seed: int, tmp: 
         "loss": loss,
         "coupling": coupling,
         "seed": seed,
-        "val_top1": r.metrics["val"]["top1"],
+        "heldout_top1": r.metrics["heldout"]["top1"],  # CV where val is in the fit
         "test_top1": r.metrics["test"]["top1"],
         "zero_shot_val_top1": r.metrics["zero_shot"]["val"]["top1"],
         "zero_shot_test_top1": r.metrics["zero_shot"]["test"]["top1"],
@@ -119,14 +119,14 @@ def summarize(runs: list[dict]) -> dict:
             rs = sorted(rs, key=lambda r: r["seed"])
             row[c] = {
                 "seeds": [r["seed"] for r in rs],
-                "val_top1": [round(r["val_top1"], 4) for r in rs],
+                "heldout_top1": [round(r["heldout_top1"], 4) for r in rs],
                 "test_top1": [round(r["test_top1"], 4) for r in rs],
-                "val_top1_mean": round(float(np.mean([r["val_top1"] for r in rs])), 4),
+                "heldout_top1_mean": round(float(np.mean([r["heldout_top1"] for r in rs])), 4),
                 "test_top1_mean": round(float(np.mean([r["test_top1"] for r in rs])), 4),
             }
         if all(c in row for c in COUPLINGS):
             j, s = row["joint"], row["sequential"]
-            diffs = [a - b for a, b in zip(j["val_top1"], s["val_top1"], strict=True)]
+            diffs = [a - b for a, b in zip(j["heldout_top1"], s["heldout_top1"], strict=True)]
             d = float(np.mean(diffs))
             row["val_diff_mean_joint_minus_sequential"] = round(d, 4)
             row["joint_better_on_val_seeds"] = sum(x > 0 for x in diffs)
@@ -165,8 +165,8 @@ def print_table(summary: dict) -> None:
     for cache, losses in summary.items():
         for loss, row in losses.items():
             j, s = row.get("joint", {}), row.get("sequential", {})
-            cells = [j.get("val_top1_mean"), s.get("val_top1_mean"), j.get("test_top1_mean"),
-                     s.get("test_top1_mean")]  # fmt: skip
+            cells = [j.get("heldout_top1_mean"), s.get("heldout_top1_mean"),
+                     j.get("test_top1_mean"), s.get("test_top1_mean")]  # fmt: skip
             txt = [f"{c:.4f}" if c is not None else "-" for c in cells]
             print(f"{cache:<8} {loss:<12} {txt[0]:>10} {txt[1]:>10} {txt[2]:>11} {txt[3]:>10}  "
                   f"{row.get('better_on_val', '-')}")  # fmt: skip
@@ -198,8 +198,8 @@ def main(argv=None) -> int:
                     for coupling in COUPLINGS:
                         r = fit(path, name, loss, coupling, seed, tmp, args.epochs)
                         runs.append(r)
-                        print(f"{name:<8} {loss:<12} {coupling:<10} seed {seed}: val "
-                              f"{r['val_top1']:.4f} test {r['test_top1']:.4f} "
+                        print(f"{name:<8} {loss:<12} {coupling:<10} seed {seed}: held-out "
+                              f"{r['heldout_top1']:.4f} test {r['test_top1']:.4f} "
                               f"({r['seconds']:.1f} s)", flush=True)  # fmt: skip
     summary = summarize(runs)
     result = {

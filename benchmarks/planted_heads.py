@@ -109,7 +109,7 @@ def main(argv=None) -> None:
             t0 = time.perf_counter()
             r = run(cfg)
             row = {
-                "val_top1": r.metrics["val"]["top1"],
+                "heldout_top1": r.metrics["heldout"]["top1"],  # CV where val is in the fit
                 "test_top1": r.metrics["test"]["top1"],
                 "zero_shot_test_top1": r.metrics["zero_shot"]["test"]["top1"],
                 "seconds": round(time.perf_counter() - t0, 2),

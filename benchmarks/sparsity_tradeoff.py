@@ -101,7 +101,7 @@ def main() -> None:
                 r = run(cfg)
                 rows.append({
                     "fraction": frac, "topk": k, "test_top1": r.metrics["test"]["top1"],
-                    "val_top1": r.metrics["val"]["top1"],
+                    "heldout_top1": r.metrics["heldout"]["top1"],  # CV where val is in the fit
                     "act_sparsity": r.metrics["test"]["act_sparsity"],
                     "zero_shot_test_top1": r.metrics["zero_shot"]["test"]["top1"],
                     "seconds": round(time.perf_counter() - t0, 2),

@@ -34,6 +34,11 @@ def fit_head_table(result) -> str:
             if cbm:
                 line += f" {h['act_sparsity']:>13.4f} {h['active_concepts']:>15.2f}"
             rows.append(line)
+    held = m.get("heldout")
+    if held and held.get("val_in_fit"):
+        est = "n/a" if held["top1"] is None else f"{held['top1']:.4f}"
+        rows.append(f"(the validation rows are in the final layer's fit, so its val row is "
+                    f"in-sample; held-out estimate: {est} by {held['how']})")  # fmt: skip
     return "\n".join(rows)
 
 

@@ -553,6 +553,7 @@ def fit_logreg_cv(
     max_iter: int = 100,
     tol: float = 1e-5,
     anchor=None,
+    criterion: str = "top1",
     progress: bool = False,
 ) -> LogRegFit:
     """Choose L2 by stratified k-fold cross-validation on (x, y), then refit on ALL rows.
@@ -588,7 +589,12 @@ def fit_logreg_cv(
         n = x.shape[0]
         if scored == 0:
             raise ValueError("no fold could be held out: every row is in one fold, or none is")
-        chosen = min(grid, key=lambda l2: (-correct[l2], loss[l2], -l2))
+        if criterion == "top1":
+            chosen = min(grid, key=lambda l2: (-correct[l2], loss[l2], -l2))
+        elif criterion == "loss":
+            chosen = min(grid, key=lambda l2: (loss[l2], -correct[l2], -l2))
+        else:
+            raise ValueError(f"criterion must be 'top1' or 'loss', got {criterion!r}")
         refit_grid = [l2 for l2 in grid if l2 >= chosen]
         iterations: dict[float, int] = {}
         for l2, live, its in _path(x, y, n_classes, refit_grid, anchor, max_iter, tol):

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from heads.cbm.elastic_net import fit_elastic_net
 from heads.chunks import iter_chunks
+from heads.eval.metrics import truncate_rows
 from heads.features import FEATURES
 
 log = logging.getLogger(__name__)
@@ -117,17 +118,33 @@ def fit_anchored_final_layer(model, data, config, anchor: tuple) -> dict:
     return info
 
 
-def fit_sparse_final_layer(model, data, config) -> dict:
+def fit_sparse_final_layer(model, data, config, prior: tuple | None = None) -> dict:
     """Replace model.fc by the elastic-net path's point at config.nec; returns the path info.
 
     The path point's weights are shrunk by the penalty; they are refitted on their own support
     (same zeros, so the same NEC) and the refit is kept when its validation top-1 is at least
     the shrunk layer's.
+
+    prior = (W, b): the anchored dense layer (`--final-fit anchored`). Its NEC-truncation (the
+    round(nec) largest |w| of each class, as acc@NEC reads a dense layer) is a second candidate:
+    with a few shots the path, fitted from zero on a handful of rows, forgets the zero-shot
+    start that the anchored layer keeps. The candidate with the higher validation top-1 is kept
+    (ties: the prior's); `info["chosen"]` says which.
     """
     a_fit = _activations(model, data, data.train_idx)
     a_val = _activations(model, data, data.val_idx)
     y_fit, y_val = data.train.y[data.train_idx], data.train.y[data.val_idx]
     w, b, info = fit_sparse_linear(a_fit, y_fit, a_val, y_val, data.n_classes, config)
+    info["chosen"] = "elastic-net path"
+    if prior is not None:
+        wp = truncate_rows(prior[0].to(a_fit), max(1, round(config.nec)))
+        bp = prior[1].to(a_fit)
+        path_val, prior_val = _top1(a_val, y_val, w, b), _top1(a_val, y_val, wp, bp)
+        info.update(val_top1_path=path_val, val_top1_prior=prior_val)
+        if prior_val >= path_val:
+            w, b, info["chosen"] = wp, bp, "the anchored layer truncated to NEC"
+        log.info("elastic-net final layer: kept %s (val top-1 path %.4f, truncated prior %.4f)",
+                 info["chosen"], path_val, prior_val)  # fmt: skip
     with torch.no_grad():
         model.fc.weight.copy_(w.to(model.fc.weight))
         model.fc.bias.copy_(b.to(model.fc.bias))

@@ -312,10 +312,12 @@ def fit_cbm(data: HeadData, config: FitHeadConfig, device) -> tuple[ConceptBottl
             "steps_run": history[-1]["step"], "schedule": asdict(sched), "topk": topk,
             "fc_init": init_info}  # fmt: skip
     info["weight_change"] = _weight_change(init, model.state_dict())
-    if config.final_layer == "elastic-net":
-        info["elastic_net"] = fit_sparse_final_layer(model, data, config)
-    elif config.final_fit == "anchored":
+    prior = None
+    if config.final_fit == "anchored":
         info["final_fit"] = _anchored_refit(model, data, config, init, best_step)
+        prior = (model.fc.weight.detach().clone(), model.fc.bias.detach().clone())
+    if config.final_layer == "elastic-net":
+        info["elastic_net"] = fit_sparse_final_layer(model, data, config, prior)
     return model, info
 
 
@@ -400,6 +402,21 @@ def save_fitted(config, cache, data, device, module, info, metrics) -> Path:
                      head_cfg)  # fmt: skip
 
 
+def heldout_estimate(info: dict, metrics: dict) -> dict:
+    """The head's honest accuracy estimate on rows it was not fitted on: when the kept final
+    layer was refitted on train + validation (the probe, `--final-fit anchored`), the
+    validation rows are in its fit and `metrics.val` is in-sample, so the estimate is the
+    cross-validated top-1 at the chosen C; otherwise the validation top-1."""
+    cv = info if "cv_top1_per_C" in info else info.get("final_fit")
+    en = info.get("elastic_net")
+    if cv is not None and en is None and cv["cv_top1_per_C"].get(repr(cv["C"])) is not None:
+        return {"top1": cv["cv_top1_per_C"][repr(cv["C"])], "how": cv["selection"],
+                "val_in_fit": True}  # fmt: skip
+    val = metrics.get("val", {}).get("top1")
+    in_fit = cv is not None and (en is None or en.get("chosen") != "elastic-net path")
+    return {"top1": val, "how": "validation rows", "val_in_fit": in_fit}
+
+
 def fit(data: HeadData, config: FitHeadConfig, device) -> tuple:
     """Fit the head `config` describes on in-memory data: (module, info, metrics).
 
@@ -410,6 +427,7 @@ def fit(data: HeadData, config: FitHeadConfig, device) -> tuple:
         module, info = TRAINERS[config.kind](data, config, device)
     metrics = evaluate_module(module, config.kind, data)
     metrics["zero_shot"] = zero_shot_metrics(data)
+    metrics["heldout"] = heldout_estimate(info, metrics)
     if config.kind == "zs-probe":
         metrics["note"] = info["note"]
     return module, info, metrics
