@@ -128,8 +128,10 @@ def fit_sparse_final_layer(model, data, config, prior: tuple | None = None) -> d
     prior = (W, b): the anchored dense layer (`--final-fit anchored`). Its NEC-truncation (the
     round(nec) largest |w| of each class, as acc@NEC reads a dense layer) is a second candidate:
     with a few shots the path, fitted from zero on a handful of rows, forgets the zero-shot
-    start that the anchored layer keeps. The candidate with the higher validation top-1 is kept
-    (ties: the prior's); `info["chosen"]` says which.
+    start that the anchored layer keeps. The prior replaces the path only when its validation
+    top-1 is strictly higher (ties keep the path, the field's layer: over a TopK bottleneck the
+    truncated prior can leave an image with none of its class's 5 concepts active);
+    `info["chosen"]` says which.
     """
     a_fit = _activations(model, data, data.train_idx)
     a_val = _activations(model, data, data.val_idx)
@@ -141,7 +143,7 @@ def fit_sparse_final_layer(model, data, config, prior: tuple | None = None) -> d
         bp = prior[1].to(a_fit)
         path_val, prior_val = _top1(a_val, y_val, w, b), _top1(a_val, y_val, wp, bp)
         info.update(val_top1_path=path_val, val_top1_prior=prior_val)
-        if prior_val >= path_val:
+        if prior_val > path_val:
             w, b, info["chosen"] = wp, bp, "the anchored layer truncated to NEC"
         log.info("elastic-net final layer: kept %s (val top-1 path %.4f, truncated prior %.4f)",
                  info["chosen"], path_val, prior_val)  # fmt: skip
