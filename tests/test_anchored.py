@@ -164,6 +164,29 @@ def test_few_shot_cbm_heads_keep_the_zero_shot_start_and_learn_with_labels(few_s
     assert "final_fit" not in load_head(sgd.out_dir).config["fit"]
 
 
+def test_a_start_fitted_on_the_labels_gets_an_out_of_fit_estimate(tmp_path):
+    """--fc-init prior builds its start from the fit rows' class means, so cross-validating over
+    those rows leaks their labels: the held-out estimate is then the chosen C refitted on the
+    fit rows alone, scored on the validation rows."""
+    from cache import open_cache
+    from heads.io.data import load_data
+
+    path = make_planted_cache(tmp_path / "p.zarr", n_train=400, n_test=200, n_classes=8,
+                              n_concepts=40, noise=2.5, seed=1)  # fmt: skip
+    zs = run(FitHeadConfig(cache=path, out=tmp_path / "zs", loss="l1", progress=False))
+    assert zs.metrics["heldout"]["val_in_fit"] is True  # zero-shot start: labels unused
+    config = FitHeadConfig(cache=path, out=tmp_path / "prior", loss="l1", fc_init="prior",
+                           progress=False)  # fmt: skip
+    res = run(config)
+    heldout, ff = res.metrics["heldout"], load_head(res.out_dir).config["fit"]["final_fit"]
+    assert heldout["val_in_fit"] is False and "fit rows only" in heldout["how"]
+    assert heldout["top1"] == ff["fit_rows_only"]["top1"] != ff["cv_top1_per_C"][repr(ff["C"])]
+    with open_cache(path) as c:
+        n_val = len(load_data(c, config, "cpu").val_idx)
+    assert ff["fit_rows_only"]["val_rows"] == n_val  # a top-1 over exactly the validation rows
+    assert abs(heldout["top1"] * n_val - round(heldout["top1"] * n_val)) < 1e-9
+
+
 def test_fit_head_options_for_the_anchored_fit_are_checked():
     with pytest.raises(ValueError, match="--cv-folds"):
         FitHeadConfig(cache="c.zarr", cv_folds=1)

@@ -96,17 +96,31 @@ def fit_sparse_linear(a_fit, y_fit, a_val, y_val, n_classes: int, config) -> tup
     return w, b, info
 
 
-def fit_anchored_final_layer(model, data, config, anchor: tuple) -> dict:
+def fit_anchored_final_layer(model, data, config, anchor: tuple, *,
+                             labels_used: bool = False) -> dict:  # fmt: skip
     """Replace model.fc by the anchored logistic regression toward anchor = (W0, b0) on all
-    train rows (see the module docstring); returns what was chosen."""
-    from heads.baselines.probe import cv_fit  # heads.baselines imports heads.cbm.final_layer
+    train rows (see the module docstring); returns what was chosen.
+
+    labels_used: the concept layer or the anchor was fitted on the fit rows' labels (SGD moved
+    the CBL, or `--fc-init prior`). Cross-validating over those rows is then optimistic, so the
+    held-out estimate is `info["fit_rows_only"]`: the chosen C refitted on the fit rows alone
+    and scored on the validation rows (which neither the CBL nor the anchor was fitted on)."""
+    from heads.baselines.logreg import fit_logreg_path  # heads.baselines imports this module
+    from heads.baselines.probe import cv_fit, l2_for_c
 
     rows = torch.cat([data.train_idx, data.val_idx])
     a = _activations(model, data, rows)
     w0, b0 = anchor
     start = torch.cat([w0, b0[:, None]], 1).to(a.device, torch.float64)
-    w, b, info = cv_fit(a, data.train.y[rows], len(data.train_idx), n_classes=data.n_classes,
+    y, n_fit = data.train.y[rows], len(data.train_idx)
+    w, b, info = cv_fit(a, y, n_fit, n_classes=data.n_classes,
                         c_grid=config.anchor_c_grid, config=config, anchor=start)  # fmt: skip
+    if labels_used and n_fit < len(rows) and not info["selection"].startswith("hold-out"):
+        (l2,) = l2_for_c((info["C"],), a[:n_fit], n_fit)
+        est = fit_logreg_path(a[:n_fit], y[:n_fit], a[n_fit:], y[n_fit:],
+                              n_classes=data.n_classes, l2_grid=(l2,),
+                              max_iter=config.probe_max_iter, anchor=start)  # fmt: skip
+        info["fit_rows_only"] = {"top1": est.val_top1_per_l2[l2], "val_rows": len(rows) - n_fit}
     with torch.no_grad():
         info["moved"] = float(torch.cat([w - w0, (b - b0)[:, None]], 1).norm()
                               / start.norm().clamp_min(1e-12))  # fmt: skip

@@ -331,7 +331,8 @@ def _anchored_refit(model, data, config, init: dict, best_step: int) -> dict:
     else:
         fc_init = None
         anchor = (init["fc.weight"], init["fc.bias"])
-    info = fit_anchored_final_layer(model, data, config, anchor)
+    labels_used = best_step > 0 or config.fc_init == "prior"
+    info = fit_anchored_final_layer(model, data, config, anchor, labels_used=labels_used)
     info["anchor"] = "step-0 final layer" if fc_init is None else {"re-init": fc_init}
     return info
 
@@ -409,6 +410,11 @@ def heldout_estimate(info: dict, metrics: dict) -> dict:
     cross-validated top-1 at the chosen C; otherwise the validation top-1."""
     cv = info if "cv_top1_per_C" in info else info.get("final_fit")
     en = info.get("elastic_net")
+    if cv is not None and en is None and "fit_rows_only" in cv:
+        return {"top1": cv["fit_rows_only"]["top1"], "val_in_fit": False,
+                "how": "validation rows, the chosen C refitted on the fit rows only (the concept "
+                "layer or the start used the fit rows' labels: cross-validation over them is "
+                "optimistic)"}  # fmt: skip
     if cv is not None and en is None and cv["cv_top1_per_C"].get(repr(cv["C"])) is not None:
         return {"top1": cv["cv_top1_per_C"][repr(cv["C"])], "how": cv["selection"],
                 "val_in_fit": True}  # fmt: skip
