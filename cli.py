@@ -1,41 +1,7 @@
-"""Command line of the toolkit: registration, logging and error mapping only.
+"""`python cli.py ...` from a checkout: the same commands as the installed `clipcbm` script
+(`clipcbm.cli`)."""
 
-Each stage owns its commands (`pipeline/commands.py`: embed, concepts; `cache/commands.py`:
-cache info / verify; `heads/commands.py`: fit-head, cms-eval, evaluate, explain). Their options
-are built from the config dataclasses (`core.cli.config_command`), and heavy imports (torch,
-transformers) happen only when a command runs, so `--help` is fast. A `core.errors.ClipCbmError`
-is printed as `error: <message>` with exit code 2; anything else keeps its traceback.
-"""
-
-from __future__ import annotations
-
-import typer
-
-from cache.commands import app as cache_app
-from heads.commands import app as heads_app
-from heads.contrastive.commands import app as contrastive_app
-from heads.sae.commands import app as sae_app
-from heads.sae.commands import set_html_renderer
-from pipeline.attribution.commands import app as attribution_app
-from pipeline.commands import app as pipeline_app
-from pipeline.sae_page import render_page
-from pipeline.text_commands import app as text_app
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="Interpretable image classification on frozen CLIP.",
-)
-app.add_typer(pipeline_app)
-app.add_typer(text_app)
-app.add_typer(attribution_app)
-app.add_typer(heads_app)
-app.add_typer(sae_app)
-app.add_typer(contrastive_app)
-app.add_typer(cache_app, name="cache")
-set_html_renderer(render_page)  # sae-inspect --html: stage two asks stage one for the page
-
+from clipcbm.cli import main
 
 if __name__ == "__main__":
-    app()
+    main()

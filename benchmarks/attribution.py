@@ -49,11 +49,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _provenance import Run, quick_out  # noqa: E402
-
-from pipeline.attribution import known_answer as ka  # noqa: E402
-from pipeline.attribution.baselines import BASELINE_FNS  # noqa: E402
-from pipeline.attribution.bottleneck import M2IBSettings  # noqa: E402
-from pipeline.attribution.evaluate import (  # noqa: E402
+from clipcbm.pipeline.attribution import known_answer as ka  # noqa: E402
+from clipcbm.pipeline.attribution.baselines import BASELINE_FNS  # noqa: E402
+from clipcbm.pipeline.attribution.bottleneck import M2IBSettings  # noqa: E402
+from clipcbm.pipeline.attribution.evaluate import (  # noqa: E402
     binomial_se,
     bootstrap_se,
     make_batch,
@@ -62,7 +61,7 @@ from pipeline.attribution.evaluate import (  # noqa: E402
     score_maps,
     summarise_curves,
 )
-from pipeline.preprocess import PreprocessSpec  # noqa: E402
+from clipcbm.pipeline.preprocess import PreprocessSpec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("m2ib", "m2ib-beta1", *BASELINE_FNS)  # m2ib-beta1: M2IB with beta = 1

@@ -90,7 +90,7 @@ def worker(args) -> dict:
         torch.ones(8, 8, device=args.device) @ torch.ones(8, 8, device=args.device)
         torch.cuda.synchronize(args.device)
     if args.mode == "e2e":
-        from heads.eval.commands import CmsEvalConfig, run_cms_eval
+        from clipcbm.heads.eval.commands import CmsEvalConfig, run_cms_eval
 
         cfg = CmsEvalConfig(
             cache=Path(args.cache),
@@ -106,7 +106,7 @@ def worker(args) -> dict:
         m = res.metrics["metrics"]
         top1 = {"cms_top1": m["test/cms/top1"], "zs_top1": m["test/zero_shot/top1"]}
     else:
-        from heads.baselines.cms import cms_predict, zero_shot_predict
+        from clipcbm.heads.baselines.cms import cms_predict, zero_shot_predict
 
         images, concepts, classes, labels = synthetic(args.n, args.concepts, args.classes, args.dim)
         base = peak_rss_mib()
@@ -154,7 +154,7 @@ def child(args, mode, normalize, cache, out_dir) -> dict:
 
 
 def write_synthetic_cache(args, path: Path) -> float:
-    from cache import write_cache
+    from clipcbm.cache import write_cache
 
     t0 = time.perf_counter()
     images, concepts, classes, labels = synthetic(args.n, args.concepts, args.classes, args.dim)

@@ -34,9 +34,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _provenance import Run, add_common_args, parse_args  # noqa: E402
-
-from pipeline.concepts.filter import FilterRules, filter_concepts, normalize_concept  # noqa: E402
-from pipeline.concepts.similarity import sentence_embedder  # noqa: E402
+from clipcbm.pipeline.concepts.filter import FilterRules, filter_concepts, normalize_concept  # noqa: E402
+from clipcbm.pipeline.concepts.similarity import sentence_embedder  # noqa: E402
 
 KINDS = ("important", "superclass", "around")  # the published notebook's order
 

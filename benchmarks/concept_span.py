@@ -33,8 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _provenance import Run, add_common_args, parse_args  # noqa: E402
-
-from cache import open_cache  # noqa: E402
+from clipcbm.cache import open_cache  # noqa: E402
 
 DEFAULT_CACHES = {
     "cifar10-desc": ROOT / "runs/proxy/cifar10-desc.zarr",
@@ -81,7 +80,7 @@ def main(argv=None) -> int:
     run = Run(args.quick)
     tmp = None
     if args.quick:
-        from cache.planted import make_planted_cache
+        from clipcbm.cache.planted import make_planted_cache
 
         tmp = tempfile.TemporaryDirectory()
         caches = {"quick": make_planted_cache(Path(tmp.name) / "q.zarr", n_train=40, n_test=40)}

@@ -65,9 +65,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import description_proxy as dp  # noqa: E402
 from _provenance import Run, quick_out  # noqa: E402
-
-from cache import open_cache, write_cache  # noqa: E402
-from pipeline.augment import augment_text, view_seed  # noqa: E402
+from clipcbm.cache import open_cache, write_cache  # noqa: E402
+from clipcbm.pipeline.augment import augment_text, view_seed  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 WORK = ROOT / "runs" / "debiased"
@@ -244,7 +243,7 @@ def build_planted_views(work: Path = WORK, overrides: dict | None = None) -> tup
 
 
 def knn_metrics(bank, bank_y, query, query_y, n_classes: int) -> dict:
-    from heads.contrastive.knn import evaluate_knn
+    from clipcbm.heads.contrastive.knn import evaluate_knn
 
     return {
         f"k{k}": evaluate_knn(
@@ -269,9 +268,9 @@ def tail_loss(history: list[dict], fraction: float = 0.2) -> float:
 
 def one_run(cache_path: Path, spec: dict, seed: int, args, data, suite: str, steps: int,
             tag: str = "") -> dict:  # fmt: skip
-    from heads.contrastive.adapter import run
-    from heads.contrastive.artifact import load_adapter
-    from heads.contrastive.config import FitAdapterConfig
+    from clipcbm.heads.contrastive.adapter import run
+    from clipcbm.heads.contrastive.artifact import load_adapter
+    from clipcbm.heads.contrastive.config import FitAdapterConfig
 
     overrides = {k: v for k, v in spec.items() if k != "group"}
     out = args.work / "adapters" / suite / f"{run_name(spec)}{tag}-s{seed}"
@@ -350,7 +349,7 @@ def seed_table() -> str:
 
 def suite_report(suite: str, cache_path: Path, build_s: float, args) -> dict:
     """Epoch curve, baseline (raw kNN) and every run of runs() x seeds on one views cache."""
-    from heads.io.evaldata import load_split
+    from clipcbm.heads.io.evaldata import load_split
 
     with open_cache(cache_path) as c:
         train, test = load_split(c, "train"), load_split(c, "test")

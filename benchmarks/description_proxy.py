@@ -63,10 +63,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _provenance import Run, quick_out  # noqa: E402
-
-from cache import open_cache, write_cache  # noqa: E402
-from cache.planted import make_planted_cache  # noqa: E402
-from cache.synthetic import _unit_rows  # noqa: E402  (the writer's normalisation, bit for bit)
+from clipcbm.cache import open_cache, write_cache  # noqa: E402
+from clipcbm.cache.planted import make_planted_cache  # noqa: E402
+from clipcbm.cache.synthetic import _unit_rows  # noqa: E402  (the writer's normalisation, bit for bit)
 
 DATA = ROOT.parent / "shared" / "data"
 PROXY_DIR = ROOT / "runs" / "proxy"

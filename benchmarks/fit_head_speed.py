@@ -51,20 +51,19 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _provenance import Run, add_common_args, parse_args  # noqa: E402
-
-from cache import open_cache, write_cache  # noqa: E402
-from heads.cbm.config import FitHeadConfig  # noqa: E402
-from heads.cbm.losses import tau_schedule  # noqa: E402
-from heads.cbm.model import ConceptBottleneck  # noqa: E402
-from heads.cbm.train import (  # noqa: E402
+from clipcbm.cache import open_cache, write_cache  # noqa: E402
+from clipcbm.heads.cbm.config import FitHeadConfig  # noqa: E402
+from clipcbm.heads.cbm.losses import tau_schedule  # noqa: E402
+from clipcbm.heads.cbm.model import ConceptBottleneck  # noqa: E402
+from clipcbm.heads.cbm.train import (  # noqa: E402
     StepState,
     flush_denormals,
     make_optimizers,
     run,
     train_step,
 )
-from heads.eval.evaluate import Scorer, predict  # noqa: E402
-from heads.io.data import load_data  # noqa: E402
+from clipcbm.heads.eval.evaluate import Scorer, predict  # noqa: E402
+from clipcbm.heads.io.data import load_data  # noqa: E402
 
 # n_train, n_test, E, |D|, |C|, planted concepts per class, noise norm (relative to the unit
 # signal; E = 768 needs a large one: cifar10-like zero-shot ~0.84 at 10)

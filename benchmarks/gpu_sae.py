@@ -30,11 +30,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _provenance import Run, add_common_args, parse_args  # noqa: E402
-
-from heads.sae.config import FitSaeConfig  # noqa: E402
-from heads.sae.data import TrainRows  # noqa: E402
-from heads.sae.metrics import evaluate_sae  # noqa: E402
-from heads.sae.train import resolve_select_dtype, train_sae  # noqa: E402
+from clipcbm.heads.sae.config import FitSaeConfig  # noqa: E402
+from clipcbm.heads.sae.data import TrainRows  # noqa: E402
+from clipcbm.heads.sae.metrics import evaluate_sae  # noqa: E402
+from clipcbm.heads.sae.train import resolve_select_dtype, train_sae  # noqa: E402
 
 
 def synthetic(n: int, e: int, device, seed: int = 0, n_atoms: int = 8192, active: int = 16):

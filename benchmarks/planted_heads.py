@@ -30,12 +30,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _provenance import Run, add_common_args, parse_args  # noqa: E402
-
-from cache import open_cache  # noqa: E402
-from cache.planted import N_TEST, N_TRAIN, make_planted_cache, planted_from_cache  # noqa: E402
-from heads.cbm.config import FitHeadConfig  # noqa: E402
-from heads.cbm.train import run  # noqa: E402
-from heads.io.artifact import load_head  # noqa: E402
+from clipcbm.cache import open_cache  # noqa: E402
+from clipcbm.cache.planted import N_TEST, N_TRAIN, make_planted_cache, planted_from_cache  # noqa: E402
+from clipcbm.heads.cbm.config import FitHeadConfig  # noqa: E402
+from clipcbm.heads.cbm.train import run  # noqa: E402
+from clipcbm.heads.io.artifact import load_head  # noqa: E402
 
 # name -> FitHeadConfig overrides; the defaults are fit-head's (joint coupling, identity init)
 # the SPEC §2 CBM as the thesis states it: diagonal positives, W_F from zero, no TopK

@@ -43,8 +43,7 @@ PARTS = ("reads", "jpeg", "faults", "concurrent")
 
 def bench_checked_reads(rows: int, dim: int, tmp: Path) -> dict:
     import torch
-
-    from cache import open_cache, write_cache
+    from clipcbm.cache import open_cache, write_cache
 
     rng = np.random.default_rng(0)
     emb = rng.standard_normal((rows, dim), dtype=np.float32)
@@ -75,11 +74,10 @@ def bench_jpeg_draft(n: int, short_side: int | None = None) -> dict:
     """Decode rate with and without the draft step. short_side: re-encode each JPEG (quality
     90) at this short side first — camera-sized photos, where decode is the bottleneck; the
     ImageNet sample itself is ~500x375, below 2x the 224 target, so the draft rarely applies."""
+    from clipcbm.pipeline.datasets import build_dataset
+    from clipcbm.pipeline.embed import _Decoded
+    from clipcbm.pipeline.preprocess import PreprocessSpec
     from PIL import Image
-
-    from pipeline.datasets import build_dataset
-    from pipeline.embed import _Decoded
-    from pipeline.preprocess import PreprocessSpec
 
     files = sorted((SHARED / "imagenet_sample").glob("*.JPEG"))[:n]
     with tempfile.TemporaryDirectory() as d:
@@ -112,7 +110,7 @@ def bench_jpeg_draft(n: int, short_side: int | None = None) -> dict:
 
 
 def _state(path: Path) -> dict:
-    from cache import open_cache
+    from clipcbm.cache import open_cache
 
     with open_cache(path) as c:
         s = {"fingerprint": c.fingerprint}
@@ -207,7 +205,7 @@ def summarize_faults(results: list[dict]) -> dict:
 
 
 def _head_cache(tmp: Path, rows: int) -> Path:
-    from cache import write_cache
+    from clipcbm.cache import write_cache
 
     rng = np.random.default_rng(0)
     e, c, d = 64, 10, 200

@@ -54,8 +54,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _provenance import Run, add_common_args, parse_args  # noqa: E402
-
-from cache import open_cache, write_cache  # noqa: E402
+from clipcbm.cache import open_cache, write_cache  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 WORK = ROOT / "runs" / "sae-bench"
@@ -144,8 +143,8 @@ def build_text_cache(
 
 
 def fit(cache: Path, out: Path, **kw) -> dict:
-    from heads.sae.config import FitSaeConfig
-    from heads.sae.train import run
+    from clipcbm.heads.sae.config import FitSaeConfig
+    from clipcbm.heads.sae.train import run
 
     t0 = time.perf_counter()
     r = run(FitSaeConfig(cache=cache, out=out, overwrite=True, progress=False, **kw))
@@ -233,8 +232,8 @@ def tuning_part(data: Path, quick: bool, work: Path = WORK) -> dict:
 def accuracy_kept(sae: Path, work: Path = WORK, caches: dict | None = None) -> list[dict]:
     """sae-eval of the default real-text SAE on the description proxy caches (same model);
     `caches` (name -> cache path) replaces them (--quick)."""
-    from heads.sae.config import SaeEvalConfig
-    from heads.sae.evaluation import run_sae_eval
+    from clipcbm.heads.sae.config import SaeEvalConfig
+    from clipcbm.heads.sae.evaluation import run_sae_eval
 
     if caches is None:
         from description_proxy import build_proxy_cache

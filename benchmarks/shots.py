@@ -56,9 +56,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _provenance import Run, add_common_args, parse_args  # noqa: E402
-
-from cache import open_cache, write_cache  # noqa: E402
-from heads.baselines.sklearn_probe import SKLEARN_PROTOCOL  # noqa: E402
+from clipcbm.cache import open_cache, write_cache  # noqa: E402
+from clipcbm.heads.baselines.sklearn_probe import SKLEARN_PROTOCOL  # noqa: E402
 
 CLI = ROOT / "cli.py"
 DEFAULT_OUT = ROOT / "benchmarks/results/shots.json"
@@ -302,10 +301,9 @@ def zero_shot_ceiling(cache_path: Path) -> dict:
     test top-1. A ceiling for a CBM that keeps its zero-shot start, not a result (it sees test).
     """
     import torch
-
-    from heads.cbm.config import FitHeadConfig, resolve_topk
-    from heads.cbm.init import ridge_weights
-    from heads.cbm.model import ConceptBottleneck
+    from clipcbm.heads.cbm.config import FitHeadConfig, resolve_topk
+    from clipcbm.heads.cbm.init import ridge_weights
+    from clipcbm.heads.cbm.model import ConceptBottleneck
 
     with open_cache(cache_path) as c:
         test = c.split("test").valid()
@@ -484,7 +482,7 @@ STYLE = {"zero-shot": ("0.3", "--"), "cms": ("0.55", ":")}
 def plot(curves: dict[str, dict], path: Path) -> Path | None:
     """One panel per cache: x = shots per class (log; 'all' right of the largest k), y = test
     top-1 %, a line per fitted method with a +-std band, training-free methods horizontal."""
-    from heads.eval.plots import new_figure, save_figure
+    from clipcbm.heads.eval.plots import new_figure, save_figure
 
     if not curves:
         return None
@@ -564,7 +562,7 @@ def _parse_cache(spec: str) -> tuple[str | None, Path]:
 def default_caches(quick: bool, tmp: Path | None) -> tuple[dict[str, Path], dict[str, str]]:
     """name -> path of the default caches, and name -> why one was skipped."""
     if quick:
-        from cache.planted import make_planted_cache
+        from clipcbm.cache.planted import make_planted_cache
 
         return {"planted-tiny": make_planted_cache(tmp / "planted.zarr", **QUICK_PLANTED)}, {}
     import description_proxy as dp

@@ -31,12 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import description_proxy as dp  # noqa: E402
 from _provenance import Run, quick_out  # noqa: E402
-
-from cache import open_cache  # noqa: E402
-from cache.planted import make_planted_cache  # noqa: E402
-from heads.cbm.config import FitHeadConfig  # noqa: E402
-from heads.cbm.train import run  # noqa: E402
-from heads.eval.plots import new_figure, save_figure  # noqa: E402
+from clipcbm.cache import open_cache  # noqa: E402
+from clipcbm.cache.planted import make_planted_cache  # noqa: E402
+from clipcbm.heads.cbm.config import FitHeadConfig  # noqa: E402
+from clipcbm.heads.cbm.train import run  # noqa: E402
+from clipcbm.heads.eval.plots import new_figure, save_figure  # noqa: E402
 
 DATASETS = ("cifar10", "cub")  # -> "<ds>-desc" caches of description_proxy.py
 PLANTED = {"n_classes": 8, "n_concepts": 40, "noise": 2.0, "seed": 0}

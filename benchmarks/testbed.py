@@ -246,9 +246,8 @@ def make_tower(width: int, embed_dim: int):
 def _augment_batch(images: np.ndarray, rows, keys, kind: str, seed: int, split: str,
                    view: int) -> np.ndarray:  # fmt: skip
     """Photos `rows`, each augmented with view_seed(seed, split, key, view) for its `keys`."""
+    from clipcbm.pipeline.augment import augment_image, view_seed
     from PIL import Image
-
-    from pipeline.augment import augment_image, view_seed
 
     return np.stack([np.asarray(augment_image(Image.fromarray(images[r]),
                                               view_seed(seed, split, int(k), view), kind))
@@ -385,9 +384,9 @@ def tower_identity(cfg: dict, data: Path, text_record: dict) -> dict:
 def build(cfg: dict, data: Path, work: Path, reuse: bool = False) -> dict:
     """Train the tower (or reuse one of the same identity with --reuse), write both caches;
     returns the build report (what testbed.json holds besides the per-learner reports)."""
-    from cache import open_cache, write_cache
-    from pipeline.concept_sets import builtin_concepts
-    from pipeline.prompts import load_templates
+    from clipcbm.cache import open_cache, write_cache
+    from clipcbm.pipeline.concept_sets import builtin_concepts
+    from clipcbm.pipeline.prompts import load_templates
 
     t0 = time.perf_counter()
     timings = {}

@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from core.cli import fail, reported
+from clipcbm.core.cli import fail, reported
 
 app = typer.Typer(no_args_is_help=True, help="Inspect and check embedding caches.")
 PathArg = Annotated[Path, typer.Argument(help="Cache directory or .h5 file.")]
@@ -44,7 +43,7 @@ def info_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print a cache's metadata and sizes."""
-    from cache import cache_info
+    from clipcbm.cache import cache_info
 
     info = reported(lambda: cache_info(path))
     typer.echo(json.dumps(info, indent=2, default=str) if as_json else render_info(info))
@@ -53,7 +52,7 @@ def info_cmd(
 @app.command("verify")
 def verify_cmd(path: PathArg) -> None:
     """Check completeness, shapes, finiteness, unit norms and per-shard checksums."""
-    from cache import verify_cache
+    from clipcbm.cache import verify_cache
 
     problems = reported(lambda: verify_cache(path))
     if problems:

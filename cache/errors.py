@@ -4,7 +4,7 @@
 message without a traceback.
 """
 
-from core.errors import ClipCbmError, ConfigError
+from clipcbm.core.errors import ClipCbmError, ConfigError
 
 
 class CacheError(ClipCbmError):

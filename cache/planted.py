@@ -115,7 +115,9 @@ def make_planted_cache(path, *, format: str = "zarr", **kwargs) -> Path:
     cache a .h5 suffix). The planted mapping is in `metadata["planted"]` (list indexed by
     class of concept-index lists); `planted_concepts(...)` with the same arguments returns it.
     """
-    from cache import write_cache  # lazy: keeps planted_arrays usable without the cache module
+    from clipcbm.cache import (
+        write_cache,  # lazy: keeps planted_arrays usable without the cache module
+    )
 
     arr = planted_arrays(**kwargs)
     seed, noise = kwargs.get("seed", 0), kwargs.get("noise", NOISE)

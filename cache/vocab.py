@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from core import atomic
+from clipcbm.core import atomic
 
 from .errors import CacheError, CacheExistsError
 from .layout import model_fingerprint, sha256_lines

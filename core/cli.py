@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
-from core.config import choices_of, flag_of
-from core.errors import ClipCbmError
-from core.outputs import locked, output_of
+from clipcbm.core.config import choices_of, flag_of
+from clipcbm.core.errors import ClipCbmError
+from clipcbm.core.outputs import locked, output_of
 
 NOISY_LOGGERS = ("httpx", "urllib3", "filelock", "huggingface_hub")
 

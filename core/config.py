@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from core.errors import ConfigError
+from clipcbm.core.errors import ConfigError
 
 MISSING = dataclasses.MISSING
 

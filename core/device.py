@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from core.errors import ConfigError
+from clipcbm.core.errors import ConfigError
 
 DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N")
 DEVICE_HELP = "auto | cpu | cuda | cuda:N (auto = cuda when one is visible, else cpu)."

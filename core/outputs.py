@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import ClipCbmError
+from clipcbm.core.errors import ClipCbmError
 
 
 class OutputBusyError(ClipCbmError):

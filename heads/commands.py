@@ -7,10 +7,9 @@ Options come from the config dataclasses (`heads.cbm.config`, `heads.eval.config
 from __future__ import annotations
 
 import typer
-
-from core.cli import config_command
-from heads.cbm.config import FitHeadConfig
-from heads.eval.config import CmsEvalConfig, CompareConfig, EvaluateConfig, ExplainConfig
+from clipcbm.core.cli import config_command
+from clipcbm.heads.cbm.config import FitHeadConfig
+from clipcbm.heads.eval.config import CmsEvalConfig, CompareConfig, EvaluateConfig, ExplainConfig
 
 app = typer.Typer()
 
@@ -59,25 +58,25 @@ def _render_fit(cfg, result) -> str:
 
 
 def _fit_head():
-    from heads.cbm.train import run
+    from clipcbm.heads.cbm.train import run
 
     return run, _render_fit
 
 
 def _cms_eval():
-    from heads.eval.commands import run_cms_eval
+    from clipcbm.heads.eval.commands import run_cms_eval
 
     return run_cms_eval, lambda cfg, r: f"{r.summary()}\nwrote {cfg.out_dir()}"
 
 
 def _evaluate():
-    from heads.eval.commands import run_evaluate
+    from clipcbm.heads.eval.commands import run_evaluate
 
     return run_evaluate, lambda cfg, r: f"{r.summary()}\nwrote {cfg.out_dir()}"
 
 
 def _explain():
-    from heads.eval.commands import run_explain
+    from clipcbm.heads.eval.commands import run_explain
 
     return run_explain, lambda cfg, r: f"{r.summary()}\nwrote {r.files['png']} and {r.files['csv']}"
 
@@ -113,7 +112,7 @@ config_command(
 
 
 def _compare():
-    from heads.compare import describe, run_compare
+    from clipcbm.heads.compare import describe, run_compare
 
     return run_compare, describe
 

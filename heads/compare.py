@@ -49,26 +49,25 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-
-from cache import open_cache
-from core import atomic
-from core.device import resolve_device
-from core.outputs import Ownership, check_output_path, check_replaceable
-from heads.baselines import sklearn_probe
-from heads.baselines.cms import cms_predict
-from heads.baselines.lfcbm import fit_label_free_cbm
-from heads.cbm.config import FitHeadConfig
-from heads.cbm.positives import links_from_concept_classes
-from heads.cbm.train import fit, save_fitted
-from heads.chunks import iter_chunks
-from heads.errors import HeadsConfigError, OutputExistsError
-from heads.eval.config import METHODS, CompareConfig, Method
-from heads.eval.evaluate import Scorer, evaluate, zero_shot_scorer
-from heads.eval.metrics import classification_metrics, ranked
-from heads.eval.plots import new_figure, save_figure
-from heads.features import TextTensors
-from heads.io.data import checked_transform, load_data
-from heads.io.output import removed_on_write_error, result_files
+from clipcbm.cache import open_cache
+from clipcbm.core import atomic
+from clipcbm.core.device import resolve_device
+from clipcbm.core.outputs import Ownership, check_output_path, check_replaceable
+from clipcbm.heads.baselines import sklearn_probe
+from clipcbm.heads.baselines.cms import cms_predict
+from clipcbm.heads.baselines.lfcbm import fit_label_free_cbm
+from clipcbm.heads.cbm.config import FitHeadConfig
+from clipcbm.heads.cbm.positives import links_from_concept_classes
+from clipcbm.heads.cbm.train import fit, save_fitted
+from clipcbm.heads.chunks import iter_chunks
+from clipcbm.heads.errors import HeadsConfigError, OutputExistsError
+from clipcbm.heads.eval.config import METHODS, CompareConfig, Method
+from clipcbm.heads.eval.evaluate import Scorer, evaluate, zero_shot_scorer
+from clipcbm.heads.eval.metrics import classification_metrics, ranked
+from clipcbm.heads.eval.plots import new_figure, save_figure
+from clipcbm.heads.features import TextTensors
+from clipcbm.heads.io.data import checked_transform, load_data
+from clipcbm.heads.io.output import removed_on_write_error, result_files
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ library callers' `except ValueError` working.
 
 from __future__ import annotations
 
-from core.errors import ClipCbmError, ConfigError
+from clipcbm.core.errors import ClipCbmError, ConfigError
 
 
 class HeadsError(ClipCbmError):

@@ -14,8 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-from heads.psi import as_float_tensor, class_logits, concept_logits
+from clipcbm.heads.psi import as_float_tensor, class_logits, concept_logits
 
 
 @dataclass(frozen=True)

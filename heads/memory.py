@@ -14,9 +14,8 @@ import os
 from pathlib import Path
 
 import torch
-
-from core.disk import human_bytes
-from heads.errors import InsufficientMemoryError
+from clipcbm.core.disk import human_bytes
+from clipcbm.heads.errors import InsufficientMemoryError
 
 CGROUP_FILES = (  # (limit, usage): cgroup v2, then v1
     ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
-from heads.errors import HeadsConfigError
+from clipcbm.heads.errors import HeadsConfigError
 
 
 @dataclass
@@ -51,8 +50,8 @@ class FeatureTransform:
 
 # kind -> "module:function" of its loader, imported on first use
 LOADERS: dict[str, str] = {
-    "sae": "heads.sae.artifact:load_feature_transform",
-    "adapter": "heads.contrastive.artifact:load_feature_transform",
+    "sae": "clipcbm.heads.sae.artifact:load_feature_transform",
+    "adapter": "clipcbm.heads.contrastive.artifact:load_feature_transform",
 }
 
 

@@ -8,10 +8,9 @@ runs, so `--help` stays fast.
 from __future__ import annotations
 
 import typer
-
-from core.cli import config_command
-from pipeline.concepts.config import ConceptsConfig
-from pipeline.config import EmbedConfig
+from clipcbm.core.cli import config_command
+from clipcbm.pipeline.concepts.config import ConceptsConfig
+from clipcbm.pipeline.config import EmbedConfig
 
 app = typer.Typer()
 
@@ -36,13 +35,13 @@ def _render_concepts(cfg, result) -> str:
 
 
 def _embed():
-    from pipeline.embed import run
+    from clipcbm.pipeline.embed import run
 
     return run, _render_embed
 
 
 def _concepts():
-    from pipeline.concepts.run import run
+    from clipcbm.pipeline.concepts.run import run
 
     return run, _render_concepts
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache.backend import format_of
-from core.config import option, validated
-from core.device import DEVICE_HELP, check_device
-from pipeline.augment import AUGMENTS
-from pipeline.concept_sets import builtin_concepts
-from pipeline.datasets import DATASETS
-from pipeline.errors import PipelineConfigError
+from clipcbm.cache.backend import format_of
+from clipcbm.core.config import option, validated
+from clipcbm.core.device import DEVICE_HELP, check_device
+from clipcbm.pipeline.augment import AUGMENTS
+from clipcbm.pipeline.concept_sets import builtin_concepts
+from clipcbm.pipeline.datasets import DATASETS
+from clipcbm.pipeline.errors import PipelineConfigError
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 DTYPE_TORCH_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from clipcbm.cache import CacheWriter, sha256_lines
+from clipcbm.core.device import resolve_device
+from clipcbm.core.outputs import check_output_path, locked
+from clipcbm.core.progress import bar as progress_bar
 from torch.utils.data import DataLoader, Dataset
-
-from cache import CacheWriter, sha256_lines
-from core.device import resolve_device
-from core.outputs import check_output_path, locked
-from core.progress import bar as progress_bar
 
 from .concepts.io import read_concept_file
 from .config import EmbedConfig
@@ -368,7 +367,7 @@ def _run(cfg: EmbedConfig, dist: DistContext, device: torch.device) -> EmbedResu
     unreadable = {}
     if dist.is_main:
         writer.finalize({"logit_scale": enc.logit_scale})
-        from cache import open_cache
+        from clipcbm.cache import open_cache
 
         with open_cache(cfg.out) as c:
             unreadable = {s: len(c.split_attrs(s).get("failures", [])) for s in c.splits}

@@ -13,10 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-
-from core.device import resolve_device
-from pipeline.config import DTYPE_TORCH_NAMES
-from pipeline.errors import PipelineError
+from clipcbm.core.device import resolve_device
+from clipcbm.pipeline.config import DTYPE_TORCH_NAMES
+from clipcbm.pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 

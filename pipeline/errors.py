@@ -5,7 +5,7 @@ so the CLI prints its message without a traceback; anything else is a bug and ke
 traceback. The specific classes live beside the code that raises them and subclass this one.
 """
 
-from core.errors import ClipCbmError, ConfigError
+from clipcbm.core.errors import ClipCbmError, ConfigError
 
 
 class PipelineError(ClipCbmError):

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pipeline.errors import PipelineError
+from clipcbm.pipeline.errors import PipelineError
 
 RESOLVE_TIMEOUT_S = 3.0
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from core import atomic
+from clipcbm.core import atomic
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def _dataset_info(meta: dict) -> dict | None:
     if meta.get("dataset"):
         return meta["dataset"]
     try:
-        from cache import open_cache
+        from clipcbm.cache import open_cache
 
         with open_cache(meta["cache"]) as c:
             return c.metadata.get("dataset")
@@ -73,7 +73,7 @@ def image_loader(meta: dict) -> tuple[Callable[[str], object] | None, str]:
     info = _dataset_info(meta)
     if not info or "name" not in info or "root" not in info:
         return None, "the cache records no dataset, so there are no thumbnails (ids shown)"
-    from pipeline.datasets import DATASETS, build_dataset
+    from clipcbm.pipeline.datasets import DATASETS, build_dataset
 
     if info["name"] not in DATASETS:
         return None, f"dataset {info['name']!r} is not one stage one reads (ids shown)"

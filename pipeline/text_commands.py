@@ -18,12 +18,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import typer
-
-from core.cli import config_command
-from core.config import option, validated
-from core.device import DEVICE_HELP, check_device
-from pipeline.config import DEFAULT_CLIP_MODEL, DTYPE_TORCH_NAMES
-from pipeline.errors import PipelineConfigError
+from clipcbm.core.cli import config_command
+from clipcbm.core.config import option, validated
+from clipcbm.core.device import DEVICE_HELP, check_device
+from clipcbm.pipeline.config import DEFAULT_CLIP_MODEL, DTYPE_TORCH_NAMES
+from clipcbm.pipeline.errors import PipelineConfigError
 
 log = logging.getLogger(__name__)
 app = typer.Typer()
@@ -66,16 +65,16 @@ class EmbedTextResult:
 
 def model_identity(model: str, revision: str | None) -> dict:
     """The model record of a cache, computed by the same code as `embed` (`_model_info`)."""
-    from pipeline.embed import _model_info
+    from clipcbm.pipeline.embed import _model_info
 
     info, _ = _model_info(SimpleNamespace(model=model, revision=revision, jpeg_draft=False))
     return info
 
 
 def run(cfg: EmbedTextConfig) -> EmbedTextResult:
-    from cache.vocab import write_vocab
-    from pipeline.concepts.io import read_concept_file
-    from pipeline.encoder import ClipEncoder
+    from clipcbm.cache.vocab import write_vocab
+    from clipcbm.pipeline.concepts.io import read_concept_file
+    from clipcbm.pipeline.encoder import ClipEncoder
 
     t0 = time.perf_counter()
     texts = read_concept_file(cfg.texts).concepts
@@ -84,7 +83,7 @@ def run(cfg: EmbedTextConfig) -> EmbedTextResult:
     emb = enc.encode_text([cfg.template.format(t) for t in texts], batch_size=cfg.batch_size)
     path = write_vocab(cfg.out, texts, emb.numpy(), model, template=cfg.template,
                        overwrite=cfg.overwrite)  # fmt: skip
-    from cache.vocab import open_vocab
+    from clipcbm.cache.vocab import open_vocab
 
     vocab = open_vocab(path)
     log.info("embedded %d texts with %s into %s", len(texts), cfg.model, path)

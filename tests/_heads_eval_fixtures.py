@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from clipcbm.heads.cbm.model import ConceptBottleneck
+from clipcbm.heads.io.artifact import Head, save_head
 from torch import nn
-
-from heads.cbm.model import ConceptBottleneck
-from heads.io.artifact import Head, save_head
 
 DENSE = 0.002  # weight on non-planted concepts (relative to 1 on a planted one)
 
@@ -61,7 +60,7 @@ def cache_arrays_with(arrays: dict, split: str, **fields) -> dict:
 
 
 def write_arrays(path: Path, arrays: dict) -> Path:
-    from cache import write_cache
+    from clipcbm.cache import write_cache
 
     keys = ("concepts", "classes", "concept_emb", "class_emb")
     write_cache(path, splits=arrays["splits"], **{k: arrays[k] for k in keys})

@@ -7,13 +7,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from cache.planted import make_planted_cache
-from heads.baselines.logreg import cv_folds, fit_logreg_cv, fit_logreg_path, logreg_objective
-from heads.cbm.config import FitHeadConfig
-from heads.cbm.init import ledoit_wolf_shrinkage, pseudo_rows
-from heads.cbm.train import run
-from heads.io.artifact import load_head
+from clipcbm.cache.planted import make_planted_cache
+from clipcbm.heads.baselines.logreg import (
+    cv_folds,
+    fit_logreg_cv,
+    fit_logreg_path,
+    logreg_objective,
+)
+from clipcbm.heads.cbm.config import FitHeadConfig
+from clipcbm.heads.cbm.init import ledoit_wolf_shrinkage, pseudo_rows
+from clipcbm.heads.cbm.train import run
+from clipcbm.heads.io.artifact import load_head
 
 
 def _blobs(n, e, c, sep, seed=0, flip=0.0):
@@ -132,9 +136,9 @@ def test_the_probe_refits_on_train_plus_validation(few_shot):
     assert fit["refit_rows"] == 24  # fit rows + validation rows: all of train
     assert fit["selection"].endswith("cross-validation") and repr(fit["C"]) in fit["cv_top1_per_C"]
     # the head's weights are the fit on all 24 rows at the chosen C (nothing held out)
-    from cache import open_cache
-    from heads.baselines.probe import l2_for_c
-    from heads.io.data import load_data
+    from clipcbm.cache import open_cache
+    from clipcbm.heads.baselines.probe import l2_for_c
+    from clipcbm.heads.io.data import load_data
 
     with open_cache(path) as c:
         data = load_data(c, FitHeadConfig(cache=path), "cpu")
@@ -168,8 +172,8 @@ def test_a_start_fitted_on_the_labels_gets_an_out_of_fit_estimate(tmp_path):
     """--fc-init prior builds its start from the fit rows' class means, so cross-validating over
     those rows leaks their labels: the held-out estimate is then the chosen C refitted on the
     fit rows alone, scored on the validation rows."""
-    from cache import open_cache
-    from heads.io.data import load_data
+    from clipcbm.cache import open_cache
+    from clipcbm.heads.io.data import load_data
 
     path = make_planted_cache(tmp_path / "p.zarr", n_train=400, n_test=200, n_classes=8,
                               n_concepts=40, noise=2.5, seed=1)  # fmt: skip

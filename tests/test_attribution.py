@@ -8,11 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from typer.testing import CliRunner
-
-import cli
-from pipeline.attribution.bottleneck import (
+from clipcbm.pipeline.attribution.bottleneck import (
     LayerBottleneck,
     M2IBSettings,
     attribute_images,
@@ -23,8 +19,12 @@ from pipeline.attribution.bottleneck import (
     layer_index,
     pair_generators,
 )
-from pipeline.attribution.config import AttributeConfig
-from pipeline.errors import PipelineConfigError
+from clipcbm.pipeline.attribution.config import AttributeConfig
+from clipcbm.pipeline.errors import PipelineConfigError
+from PIL import Image
+from typer.testing import CliRunner
+
+from clipcbm import cli
 from tests._dataset_factories import make_imagefolder
 
 runner = CliRunner()
@@ -34,7 +34,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def model(tiny_clip_dir):
-    from pipeline.attribution.maps import load_model
+    from clipcbm.pipeline.attribution.maps import load_model
 
     return load_model(str(tiny_clip_dir), None, "cpu", "fp32")
 
@@ -222,7 +222,7 @@ def test_unreadable_image_and_bad_csv_are_clear_errors(tiny_clip_dir, tmp_path):
 
 
 def test_render_shapes_and_constant_map():
-    from pipeline.attribution.render import normalized, overlay, shaded_text
+    from clipcbm.pipeline.attribution.render import normalized, overlay, shaded_text
 
     assert np.all(normalized(np.ones((3, 3))) == 0)
     img = overlay(np.zeros((5, 7, 3), np.uint8), np.arange(35.0).reshape(5, 7))
@@ -247,7 +247,7 @@ def test_a_pair_fitted_in_a_batch_equals_the_pair_fitted_alone(model):
 
 
 def test_confidence_metrics_by_hand(model):
-    from pipeline.attribution.evaluate import confidence, make_batch
+    from clipcbm.pipeline.attribution.evaluate import confidence, make_batch
 
     enc, spec = model
     rng = np.random.default_rng(0)
@@ -257,7 +257,7 @@ def test_confidence_metrics_by_hand(model):
     img_ones = torch.ones(2, 32, 32)  # constant map -> all zeros after min-max: a blank image
     txt = torch.zeros(b.ids.shape)
     txt[0, 1:3] = 1.0  # "a", "b" above the median of a, b, c, d: c and d are removed
-    from pipeline.attribution.baselines import image_cos, text_cos
+    from clipcbm.pipeline.attribution.baselines import image_cos, text_cos
 
     with torch.no_grad():
         out = confidence(enc.model, b, img_ones, txt)

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from pipeline.attribution import known_answer as ka
+from clipcbm.pipeline.attribution import known_answer as ka
 
 ROOT = Path(__file__).resolve().parents[1]
 

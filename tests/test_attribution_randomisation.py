@@ -9,9 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
-from pipeline.attribution.baselines import BASELINE_FNS
-from pipeline.attribution.evaluate import (
+from clipcbm.pipeline.attribution.baselines import BASELINE_FNS
+from clipcbm.pipeline.attribution.evaluate import (
     average_ranks,
     binomial_se,
     bootstrap_se,
@@ -24,7 +23,7 @@ from pipeline.attribution.evaluate import (
     ssim_maps,
     summarise_curves,
 )
-from pipeline.preprocess import PreprocessSpec
+from clipcbm.pipeline.preprocess import PreprocessSpec
 
 torch.set_num_threads(1)
 
@@ -151,8 +150,8 @@ def test_weight_free_map_stays_at_one_and_saliency_falls(clip, batches):
 
 
 def test_curves_of_a_stochastic_method_are_seeded(clip, batches):
-    from pipeline.attribution import known_answer as ka
-    from pipeline.attribution.bottleneck import M2IBSettings
+    from clipcbm.pipeline.attribution import known_answer as ka
+    from clipcbm.pipeline.attribution.bottleneck import M2IBSettings
 
     spec = PreprocessSpec(resize=32, crop=32)
     s = M2IBSettings(steps=2, samples=2)

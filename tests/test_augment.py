@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from clipcbm.pipeline import augment
+from clipcbm.pipeline.augment import AUGMENTS, augment_image, augment_text, view_seed
 from PIL import Image
-
-from pipeline import augment
-from pipeline.augment import AUGMENTS, augment_image, augment_text, view_seed
 
 
 def make_image(w: int = 40, h: int = 30) -> Image.Image:

@@ -23,14 +23,15 @@ names = [pkg.__name__]
 for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
     importlib.import_module(m.name)
     names.append(m.name)
-roots = sorted({{k.split(".")[0] for k in sys.modules}})
+parts = [k.split(".") for k in sys.modules]
+roots = sorted({{p[1] if p[0] == "clipcbm" and len(p) > 1 else p[0] for p in parts}})
 print(json.dumps({{"modules": names, "roots": roots}}))
 """
 
 
 def imported(pkg: str) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", PROBE.format(pkg=pkg)],
+        [sys.executable, "-c", PROBE.format(pkg="clipcbm." + pkg)],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -7,8 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-
-from cache import (
+from clipcbm.cache import (
     CacheExistsError,
     CacheWriter,
     IncompleteCacheError,
@@ -17,7 +16,7 @@ from cache import (
     verify_cache,
     write_cache,
 )
-from cache.errors import CacheError
+from clipcbm.cache.errors import CacheError
 
 
 def _arrays(seed=0, n_train=11, n_test=5, e=8, d=4, c=3):
@@ -226,7 +225,7 @@ def test_teammate_reads_with_plain_zarr_and_h5py(tmp_path):
 
 
 def test_write_cache_twice_with_the_same_inputs_is_a_no_op(tmp_path):
-    from cache.planted import make_planted_cache
+    from clipcbm.cache.planted import make_planted_cache
 
     first = make_planted_cache(tmp_path / "p.zarr", n_train=20, n_test=10, seed=3)
     fp = open_cache(first).fingerprint

@@ -8,9 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from heads.baselines import normalize as cms_normalize
-from heads.baselines.cms import (
+from clipcbm.heads.baselines import normalize as cms_normalize
+from clipcbm.heads.baselines.cms import (
     NORMALIZE_CHOICES,
     build_scorer,
     cms_explain,
@@ -191,7 +190,7 @@ def test_sum_normalisation_is_exactly_none_and_says_so(small, caplog, monkeypatc
     monkeypatch.setattr(
         cms_normalize, "_alias_logged", set()
     )  # the note is logged once per process
-    with caplog.at_level(logging.INFO, logger="heads.baselines.normalize"):
+    with caplog.at_level(logging.INFO, logger="clipcbm.heads.baselines.normalize"):
         a = cms_predict(
             small["images"], small["concepts"], small["classes"], normalize="sum", keep_scores=True
         )

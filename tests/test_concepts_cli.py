@@ -9,12 +9,12 @@ import re
 
 import numpy as np
 import pytest
+from clipcbm.pipeline.concepts.conceptnet import ConceptNetAPI, conceptnet_candidates
+from clipcbm.pipeline.concepts.io import read_concept_file
+from clipcbm.pipeline.concepts.similarity import SIMILARITIES
 from typer.testing import CliRunner
 
-from cli import app
-from pipeline.concepts.conceptnet import ConceptNetAPI, conceptnet_candidates
-from pipeline.concepts.io import read_concept_file
-from pipeline.concepts.similarity import SIMILARITIES
+from clipcbm.cli import app
 
 from .test_concepts_conceptnet import RecordedGetter
 from .test_concepts_filter import minilm_dir

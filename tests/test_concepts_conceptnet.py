@@ -11,8 +11,7 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
-
-from pipeline.concepts.conceptnet import (
+from clipcbm.pipeline.concepts.conceptnet import (
     ConceptNetAPI,
     ConceptNetDump,
     ConceptNetError,
@@ -228,7 +227,7 @@ def test_dump_backend_matches_the_api(tmp_path, monkeypatch):
     assert index["start"].str.startswith("/c/en/").all()
     assert index["end"].str.startswith("/c/en/").all()
     # the index is built once: a second backend on the same cache never re-reads the dump
-    import pipeline.concepts.conceptnet as cn
+    import clipcbm.pipeline.concepts.conceptnet as cn
 
     def no_reindex(*a, **k):
         raise AssertionError("re-indexed")

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from pipeline.concepts import filter as cfilter
-from pipeline.concepts.filter import (
+from clipcbm.pipeline.concepts import filter as cfilter
+from clipcbm.pipeline.concepts.filter import (
     RULES,
     FilterRules,
     filter_concepts,
@@ -19,7 +18,7 @@ from pipeline.concepts.filter import (
     normalize_concept,
     suppress_near_duplicates,
 )
-from pipeline.concepts.similarity import blend
+from clipcbm.pipeline.concepts.similarity import blend
 
 
 def gram_embed(names: list[str], gram: list[list[float]]):
@@ -256,7 +255,7 @@ def minilm_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def minilm_embed():
-    from pipeline.concepts.similarity import sentence_embedder
+    from clipcbm.pipeline.concepts.similarity import sentence_embedder
 
     os.environ["HF_HUB_OFFLINE"] = "1"
     return sentence_embedder(str(minilm_dir()), device="cpu")
@@ -283,7 +282,7 @@ def test_filter_with_a_real_offline_sentence_model(minilm_embed):
 
 
 def test_blend_builder_with_real_models(minilm_embed, tiny_clip_dir):
-    from pipeline.concepts.similarity import SIMILARITIES, clip_text_embedder
+    from clipcbm.pipeline.concepts.similarity import SIMILARITIES, clip_text_embedder
 
     embed = SIMILARITIES["blend"](str(minilm_dir()), str(tiny_clip_dir), "cpu", 8, False)
     texts = ["four legs", "a long tail", "whiskers"]

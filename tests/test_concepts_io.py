@@ -6,8 +6,7 @@ import hashlib
 import logging
 
 import pytest
-
-from pipeline.concepts.io import (
+from clipcbm.pipeline.concepts.io import (
     ConceptFileError,
     ConceptSet,
     output_paths,
@@ -149,8 +148,7 @@ def test_raw_concepts_txt_and_csv(tmp_path):
 
 def test_run_with_nothing_left_raises_and_still_writes_the_dropped_list(tmp_path):
     import numpy as np
-
-    from pipeline.concepts import ConceptsConfig, ConceptsError, run
+    from clipcbm.pipeline.concepts import ConceptsConfig, ConceptsError, run
 
     (tmp_path / "classes.txt").write_text("dog\n")
     (tmp_path / "raw.txt").write_text("a dog\nThe Dog\n")

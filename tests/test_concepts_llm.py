@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from pipeline.concepts.config import ConceptsConfig
-from pipeline.concepts.llm import PARSERS, PROMPTS, HFGenerator, llm_candidates
-from pipeline.concepts.run import run
+from clipcbm.pipeline.concepts.config import ConceptsConfig
+from clipcbm.pipeline.concepts.llm import PARSERS, PROMPTS, HFGenerator, llm_candidates
+from clipcbm.pipeline.concepts.run import run
 
 CASES = json.loads(
     (Path(__file__).parent / "fixtures" / "concepts" / "llm_answers.json").read_text(

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from heads.contrastive import knn
-from heads.contrastive.knn import knn_scores, ranked_classes, topk_accuracy
+from clipcbm.heads.contrastive import knn
+from clipcbm.heads.contrastive.knn import knn_scores, ranked_classes, topk_accuracy
 
 torch.set_num_threads(1)
 

@@ -8,8 +8,7 @@ from itertools import combinations
 
 import pytest
 import torch
-
-from heads.contrastive import AGGREGATES, LOSSES
+from clipcbm.heads.contrastive import AGGREGATES, LOSSES
 
 torch.set_num_threads(1)
 UNSUPERVISED = ("contrastive", "debiased-neg", "debiased-pos")
@@ -188,7 +187,7 @@ def test_anchors_without_a_positive_are_left_out_of_the_mean_not_counted_as_zero
     """Issue 18 item 6. Through LOSSES every anchor has a positive (its other views), also for a
     singleton label; the per-anchor mean leaves out anchors that have none instead of
     averaging in a 0 (what `clamp_min(1)` alone did)."""
-    from heads.contrastive.losses import _anchor_mean, _masks, _supcon
+    from clipcbm.heads.contrastive.losses import _anchor_mean, _masks, _supcon
 
     torch.manual_seed(0)
     z = torch.nn.functional.normalize(torch.randn(6, 5), dim=1)

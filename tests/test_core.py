@@ -5,15 +5,15 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from clipcbm.core import atomic
+from clipcbm.core.config import flag_of
+from clipcbm.heads.cbm.config import FitHeadConfig
+from clipcbm.heads.eval.config import CmsEvalConfig, EvaluateConfig, ExplainConfig
+from clipcbm.pipeline.concepts.config import ConceptsConfig
+from clipcbm.pipeline.config import EmbedConfig
 from typer.testing import CliRunner
 
-from cli import app
-from core import atomic
-from core.config import flag_of
-from heads.cbm.config import FitHeadConfig
-from heads.eval.config import CmsEvalConfig, EvaluateConfig, ExplainConfig
-from pipeline.concepts.config import ConceptsConfig
-from pipeline.config import EmbedConfig
+from clipcbm.cli import app
 
 COMMANDS = {
     "embed": EmbedConfig,
@@ -39,7 +39,7 @@ def test_every_config_field_is_an_option_with_help(command):
 
 
 def test_choices_come_from_the_registries():
-    from heads.cbm.config import LOSSES
+    from clipcbm.heads.cbm.config import LOSSES
 
     res = runner.invoke(app, ["fit-head", "--help"], env={"COLUMNS": "400"})
     assert all(loss in res.output for loss in LOSSES)
@@ -50,7 +50,7 @@ def test_choices_come_from_the_registries():
 def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
     res = runner.invoke(app, ["fit-head", "--cache", str(tmp_path / "none.zarr")])
     assert res.exit_code == 2 and res.output.startswith("error: ")
-    import heads.cbm.train as train
+    import clipcbm.heads.cbm.train as train
 
     def bug(cfg):
         raise ValueError("internal broadcast error")  # not a ClipCbmError: a bug
@@ -61,8 +61,8 @@ def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, tmp
 
 
 def test_config_value_errors_are_the_stage_config_error():
-    from heads.errors import HeadsConfigError
-    from pipeline.errors import PipelineConfigError
+    from clipcbm.heads.errors import HeadsConfigError
+    from clipcbm.pipeline.errors import PipelineConfigError
 
     with pytest.raises(HeadsConfigError, match="--batch-size must be an integer >= 1"):
         FitHeadConfig(cache="c.zarr", batch_size=0)

@@ -14,10 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from pipeline import classnames
-from pipeline.datasets import (
+from clipcbm.pipeline import classnames
+from clipcbm.pipeline.datasets import (
     DATASETS,
     DatasetError,
     ImageDataset,
@@ -25,8 +23,10 @@ from pipeline.datasets import (
     UnsafePickleError,
     build_dataset,
 )
-from pipeline.datasets import cifar as cifar_mod
-from pipeline.datasets import download as dl
+from clipcbm.pipeline.datasets import cifar as cifar_mod
+from clipcbm.pipeline.datasets import download as dl
+from PIL import Image
+
 from tests._dataset_factories import (
     color,
     make_cifar10,

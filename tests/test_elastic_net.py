@@ -11,8 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-from heads.cbm.elastic_net import (
+from clipcbm.heads.cbm.elastic_net import (
     ElasticNetPath,
     elastic_net_objective,
     fit_elastic_net,

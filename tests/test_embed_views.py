@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from clipcbm.cache import CacheWriter, cache_info, open_cache, verify_cache
 from typer.testing import CliRunner
 
 import tests._dataset_factories as fx
-from cache import CacheWriter, cache_info, open_cache, verify_cache
-from cli import app
+from clipcbm.cli import app
 
 runner = CliRunner()
 

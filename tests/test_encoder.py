@@ -6,10 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
-from core.device import DeviceError, resolve_device
-from pipeline.encoder import ClipEncoder, EncoderError, projected, resolve_dtype
-from pipeline.hub import ModelUnavailableError
+from clipcbm.core.device import DeviceError, resolve_device
+from clipcbm.pipeline.encoder import ClipEncoder, EncoderError, projected, resolve_dtype
+from clipcbm.pipeline.hub import ModelUnavailableError
 
 
 def test_projected_accepts_tensor_and_output_object():

@@ -7,19 +7,19 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
-
-from cache import open_cache
-from cache.planted import make_planted_cache, planted_arrays, planted_from_cache
-from heads.eval.commands import (
+from clipcbm.cache import open_cache
+from clipcbm.cache.planted import make_planted_cache, planted_arrays, planted_from_cache
+from clipcbm.heads.eval.commands import (
     CmsEvalConfig,
     EvaluateConfig,
     run_cms_eval,
     run_evaluate,
 )
-from heads.eval.metrics import NEC_GRID
-from heads.io.artifact import HeadCacheMismatchError, load_head
-from heads.io.evaldata import EvalInputError
+from clipcbm.heads.eval.metrics import NEC_GRID
+from clipcbm.heads.io.artifact import HeadCacheMismatchError, load_head
+from clipcbm.heads.io.evaldata import EvalInputError
+from typer.testing import CliRunner
+
 from tests._heads_eval_fixtures import (
     cache_arrays_with,
     nan_rows,
@@ -201,7 +201,7 @@ def test_evaluate_config_errors(planted):
 
 
 def test_cli_cms_eval(planted, tmp_path):
-    from cli import app
+    from clipcbm.cli import app
 
     out = tmp_path / "cms"
     r = CliRunner().invoke(
@@ -217,7 +217,7 @@ def test_cli_cms_eval(planted, tmp_path):
 
 
 def test_cli_evaluate(planted, tmp_path):
-    from cli import app
+    from clipcbm.cli import app
 
     r = CliRunner().invoke(
         app,

@@ -6,15 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from clipcbm.cache import open_cache
+from clipcbm.cache.planted import make_planted_cache, planted_arrays, planted_from_cache
+from clipcbm.heads.eval.commands import ExplainConfig, run_explain
+from clipcbm.heads.eval.explain import TABLE_COLUMNS, contribution_table, explain_cbm
+from clipcbm.heads.eval.plots import plot_confusion
+from clipcbm.heads.io.artifact import load_head
+from clipcbm.heads.io.evaldata import EvalInputError
 from typer.testing import CliRunner
 
-from cache import open_cache
-from cache.planted import make_planted_cache, planted_arrays, planted_from_cache
-from heads.eval.commands import ExplainConfig, run_explain
-from heads.eval.explain import TABLE_COLUMNS, contribution_table, explain_cbm
-from heads.eval.plots import plot_confusion
-from heads.io.artifact import load_head
-from heads.io.evaldata import EvalInputError
 from tests._heads_eval_fixtures import cache_arrays_with, oracle_head, probe_head, write_arrays
 
 
@@ -133,7 +133,7 @@ def test_explain_refuses_an_unreadable_row(tmp_path):
 
 
 def test_cli_explain(planted, tmp_path):
-    from cli import app
+    from clipcbm.cli import app
 
     png = tmp_path / "expl.png"
     r = CliRunner().invoke(

@@ -6,18 +6,18 @@ from __future__ import annotations
 import hashlib
 import json
 
+import clipcbm.heads.transforms as transforms
 import numpy as np
 import pytest
 import torch
+from clipcbm.cache import open_cache
+from clipcbm.cache.layout import model_fingerprint
+from clipcbm.cache.planted import make_planted_cache
+from clipcbm.heads.io.artifact import load_head
+from clipcbm.heads.transforms import FeatureTransform
 from typer.testing import CliRunner
 
-import heads.transforms as transforms
-from cache import open_cache
-from cache.layout import model_fingerprint
-from cache.planted import make_planted_cache
-from cli import app
-from heads.io.artifact import load_head
-from heads.transforms import FeatureTransform
+from clipcbm.cli import app
 
 runner = CliRunner()
 

@@ -2,17 +2,16 @@
 
 import json
 
+import clipcbm.heads.io.weights_dir as weights_dir
 import numpy as np
 import pytest
 import torch
-
-import heads.io.weights_dir as weights_dir
-from cache import open_cache, write_cache
-from cache.planted import make_planted_cache, planted_arrays
-from heads.cbm.config import FitHeadConfig
-from heads.cbm.train import run
-from heads.io.artifact import HeadCacheMismatchError, HeadFormatError, load_head
-from heads.io.data import HeadDataError
+from clipcbm.cache import open_cache, write_cache
+from clipcbm.cache.planted import make_planted_cache, planted_arrays
+from clipcbm.heads.cbm.config import FitHeadConfig
+from clipcbm.heads.cbm.train import run
+from clipcbm.heads.io.artifact import HeadCacheMismatchError, HeadFormatError, load_head
+from clipcbm.heads.io.data import HeadDataError
 
 FAST = dict(batch_size=64, epochs=3, progress=False)
 
@@ -105,7 +104,7 @@ def test_missing_split_and_missing_test_split(cache_path, tmp_path):
 
 
 def test_concept_width_mismatch_is_a_clear_error():
-    from heads.psi import concept_logits
+    from clipcbm.heads.psi import concept_logits
 
     with pytest.raises(ValueError, match="E=32, concept_emb has E=16"):
         concept_logits(torch.zeros(2, 32), torch.zeros(5, 16), 100.0)
@@ -134,7 +133,7 @@ def test_config_validation(kwargs, match):
 
 
 def test_topk_bottleneck_keeps_exactly_k_activations_and_their_gradient():
-    from heads.cbm.model import ConceptBottleneck
+    from clipcbm.heads.cbm.model import ConceptBottleneck
 
     torch.manual_seed(0)
     m = ConceptBottleneck(6, 3, cbl_init="random", topk=2)
@@ -177,7 +176,7 @@ def test_fit_on_cuda_matches_the_cpu_contract(cache_path, tmp_path):
 
 
 def test_one_device_rule_for_stage_two():
-    from core.device import DeviceError, resolve_device
+    from clipcbm.core.device import DeviceError, resolve_device
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     assert resolve_device("cpu") == torch.device("cpu")
@@ -206,7 +205,7 @@ def _copy(src, dst):
 
 
 def test_config_records_the_weights_checksum_and_damage_is_refused(saved_head, tmp_path):
-    from core.atomic import sha256_file
+    from clipcbm.core.atomic import sha256_file
 
     cfg = json.loads((saved_head / "config.json").read_text())
     assert cfg["format_version"] == 2
@@ -244,7 +243,7 @@ def test_a_newer_format_version_is_refused(saved_head, tmp_path):
 
 
 def test_a_crash_while_saving_leaves_the_old_head_whole(saved_head, tmp_path, monkeypatch):
-    from heads.io import artifact
+    from clipcbm.heads.io import artifact
 
     old = _copy(saved_head, tmp_path / "old")
     before = {p.name: p.read_bytes() for p in old.iterdir()}

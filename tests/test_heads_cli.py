@@ -2,10 +2,10 @@
 
 import json
 
+from clipcbm.cache.planted import make_planted_cache
 from typer.testing import CliRunner
 
-from cache.planted import make_planted_cache
-from cli import app
+from clipcbm.cli import app
 
 runner = CliRunner()
 

@@ -5,8 +5,7 @@ import math
 
 import pytest
 import torch
-
-from heads.cbm.losses import (
+from clipcbm.heads.cbm.losses import (
     CBL_LOSSES,
     contrastive_loss,
     gumbel_contrastive_loss,
@@ -14,7 +13,7 @@ from heads.cbm.losses import (
     l1_penalty,
     tau_schedule,
 )
-from heads.psi import class_logits, concept_logits
+from clipcbm.heads.psi import class_logits, concept_logits
 
 # B = 2 images, |D| = 3 concepts: positives (0, 0) and (1, 1); column 2 has none.
 A = torch.tensor([[2.0, 0.0, 1.0], [0.0, 1.0, 0.0]])

@@ -4,16 +4,15 @@ explanations and sparsity (issue 3 correctness evidence)."""
 import pytest
 import torch
 import torch.nn.functional as F
-
-from cache import open_cache
-from cache.planted import make_planted_cache, planted_from_cache
-from heads.cbm.config import FitHeadConfig
-from heads.cbm.losses import CBL_LOSSES
-from heads.cbm.model import ConceptBottleneck
-from heads.cbm.train import StepState, run, train_step
-from heads.features import FEATURES
-from heads.io.artifact import load_head
-from heads.io.data import carve_validation
+from clipcbm.cache import open_cache
+from clipcbm.cache.planted import make_planted_cache, planted_from_cache
+from clipcbm.heads.cbm.config import FitHeadConfig
+from clipcbm.heads.cbm.losses import CBL_LOSSES
+from clipcbm.heads.cbm.model import ConceptBottleneck
+from clipcbm.heads.cbm.train import StepState, run, train_step
+from clipcbm.heads.features import FEATURES
+from clipcbm.heads.io.artifact import load_head
+from clipcbm.heads.io.data import carve_validation
 
 N_CLASSES = 5
 CHANCE = 1 / N_CLASSES
@@ -190,7 +189,7 @@ class _GradOnly:
     ],
 )
 def test_coupling_decides_whether_ce_reaches_w_cbl(planted, loss, coupling, ce_reaches_cbl):
-    from heads.features import TextTensors
+    from clipcbm.heads.features import TextTensors
 
     c = planted["cache"]
     text = TextTensors.from_cache(c, "cpu")
@@ -258,9 +257,9 @@ def test_default_sparse_head_is_sparse_where_the_final_layer_looks(planted):
 def test_zero_shot_init_reproduces_zero_shot_when_the_concepts_span_the_classes(planted):
     """Planted class embeddings are means of concept embeddings, so span(D) contains C: the
     ridge solution makes step-0 logits predict exactly what zero-shot predicts."""
-    from heads.cbm.init import init_final_layer
-    from heads.io.data import load_data
-    from heads.psi import class_logits
+    from clipcbm.heads.cbm.init import init_final_layer
+    from clipcbm.heads.io.data import load_data
+    from clipcbm.heads.psi import class_logits
 
     c = planted["cache"]
     cfg = FitHeadConfig(cache=planted["path"], loss="l1")

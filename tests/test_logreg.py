@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from heads.baselines.logreg import (
+from clipcbm.heads.baselines.logreg import (
     LogRegFit,
     fit_logreg_path,
     logreg_loss_grad,

@@ -14,11 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
-from cache import write_cache
-from cli import app
-from core.outputs import (
+from clipcbm.cache import write_cache
+from clipcbm.core.outputs import (
     OutputBusyError,
     OutputLock,
     OutputNotOursError,
@@ -28,6 +25,9 @@ from core.outputs import (
     check_replaceable,
     lock_path,
 )
+from typer.testing import CliRunner
+
+from clipcbm.cli import app
 from tests import _dataset_factories as fx
 
 ROOT = Path(__file__).resolve().parents[1]

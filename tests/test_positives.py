@@ -8,9 +8,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-from heads.cbm.losses import contrastive_loss
-from heads.cbm.positives import (
+from clipcbm.heads.cbm.losses import contrastive_loss
+from clipcbm.heads.cbm.positives import (
     active_fraction,
     class_positive_mask,
     gumbel_multi_positive_loss,

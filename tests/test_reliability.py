@@ -11,15 +11,15 @@ import time
 import urllib.error
 from pathlib import Path
 
+import clipcbm.cache.writer as cache_writer
+import clipcbm.core.atomic as atomic
 import numpy as np
 import pytest
+from clipcbm.cache import CacheWriter, cache_info, open_cache, verify_cache, write_cache
+from clipcbm.cache.errors import CacheCorruptError, CacheExistsError, CacheWriteError
 from typer.testing import CliRunner
 
-import cache.writer as cache_writer
-import core.atomic as atomic
-from cache import CacheWriter, cache_info, open_cache, verify_cache, write_cache
-from cache.errors import CacheCorruptError, CacheExistsError, CacheWriteError
-from cli import app
+from clipcbm.cli import app
 
 runner = CliRunner()
 CONCEPTS = [f"concept {i}" for i in range(6)]
@@ -124,9 +124,9 @@ def test_hdf5_damage_and_text_damage_are_refused(tmp_path):
 
 
 def test_csv_without_split_is_refused_and_a_split_column_selects_rows(tmp_path):
-    from pipeline.config import EmbedConfig
-    from pipeline.datasets.manifest import read_csv_manifest
-    from pipeline.errors import PipelineConfigError
+    from clipcbm.pipeline.config import EmbedConfig
+    from clipcbm.pipeline.datasets.manifest import read_csv_manifest
+    from clipcbm.pipeline.errors import PipelineConfigError
 
     with pytest.raises(PipelineConfigError, match="--dataset csv needs --split"):
         EmbedConfig(dataset="csv", root=tmp_path / "m.csv", out=tmp_path / "o", concepts="c")
@@ -179,9 +179,9 @@ def test_one_exact_duplicate_in_a_big_split_is_a_warning_and_file_ids_count(tmp_
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "cub200", "places365", "imagenet"])
 def test_builtin_concept_sets_are_valid_and_the_default(dataset, tmp_path):
-    from pipeline.concept_sets import builtin_concepts
-    from pipeline.concepts.io import read_concept_file
-    from pipeline.config import EmbedConfig
+    from clipcbm.pipeline.concept_sets import builtin_concepts
+    from clipcbm.pipeline.concepts.io import read_concept_file
+    from clipcbm.pipeline.config import EmbedConfig
 
     cfg = EmbedConfig(dataset=dataset, root=tmp_path, out=tmp_path / "c.zarr")
     assert cfg.concepts == builtin_concepts(dataset)
@@ -194,7 +194,7 @@ def test_no_builtin_set_for_a_folder_dataset(tmp_path):
 
 
 def test_offline_hub_ids_fail_fast_with_one_line(monkeypatch, tmp_path):
-    import pipeline.hub as hub
+    import clipcbm.pipeline.hub as hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty local cache
@@ -213,7 +213,7 @@ def test_offline_hub_ids_fail_fast_with_one_line(monkeypatch, tmp_path):
 
 
 def test_conceptnet_does_not_retry_a_failed_name_lookup(tmp_path):
-    from pipeline.concepts.conceptnet import ConceptNetAPI, ConceptNetError
+    from clipcbm.pipeline.concepts.conceptnet import ConceptNetAPI, ConceptNetError
 
     def get(url):
         raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
@@ -228,7 +228,7 @@ def test_conceptnet_does_not_retry_a_failed_name_lookup(tmp_path):
 
 
 def test_a_swap_killed_between_its_renames_leaves_the_old_head_loadable(tmp_path, monkeypatch):
-    from heads.io.artifact import load_head
+    from clipcbm.heads.io.artifact import load_head
 
     path = write_cache(tmp_path / "c.zarr", **_arrays())
     head = tmp_path / "head"

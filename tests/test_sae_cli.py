@@ -7,15 +7,15 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from clipcbm.cache import open_cache, write_cache
+from clipcbm.cache.layout import model_fingerprint
+from clipcbm.cache.vocab import open_vocab
+from clipcbm.heads.sae import commands as sae_commands
+from clipcbm.heads.sae.artifact import load_feature_transform, load_sae
 from typer.testing import CliRunner
 
 import tests._dataset_factories as fx
-from cache import open_cache, write_cache
-from cache.layout import model_fingerprint
-from cache.vocab import open_vocab
-from cli import app
-from heads.sae import commands as sae_commands
-from heads.sae.artifact import load_feature_transform, load_sae
+from clipcbm.cli import app
 
 runner = CliRunner()
 CONCEPTS = ["red fur", "four legs", "wings", "wheels", "stripes", "a tail"]
@@ -127,7 +127,7 @@ def test_other_models_are_refused(embedded, tmp_path):
     res = _run(["sae-eval", "--sae", sae, "--cache", other, "--no-progress",
                 "--out", tmp_path / "ev"])  # fmt: skip
     assert res.exit_code == 2 and "another model" in res.output
-    from cache.vocab import write_vocab
+    from clipcbm.cache.vocab import write_vocab
 
     vocab = write_vocab(tmp_path / "v.zarr", ["a"], np.ones((1, e)), {"id": "another/clip"})
     res = _run(["fit-sae", "--cache", cache, "--out", tmp_path / "s", "--max-steps", "2",
@@ -145,7 +145,7 @@ def test_html_without_a_renderer_is_a_clear_error(embedded, tmp_path, monkeypatc
 
 
 def test_page_without_images_shows_ids_escaped_and_says_why(tmp_path):
-    from pipeline.sae_page import render_page
+    from clipcbm.pipeline.sae_page import render_page
 
     d = tmp_path / "ins"
     d.mkdir()

@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from clipcbm.heads.eval.evaluate import Scorer
+from clipcbm.heads.features import TextTensors
+from clipcbm.heads.sae.metrics import ReconstructionMeter, evaluate_sae, reconstruct
+from clipcbm.heads.sae.model import TopKSAE
 from torch import nn
-
-from heads.eval.evaluate import Scorer
-from heads.features import TextTensors
-from heads.sae.metrics import ReconstructionMeter, evaluate_sae, reconstruct
-from heads.sae.model import TopKSAE
 
 E, F = 10, 40
 

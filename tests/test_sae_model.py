@@ -3,8 +3,7 @@ tied init, BatchTopK (heads/sae/model.py)."""
 
 import pytest
 import torch
-
-from heads.sae.model import (
+from clipcbm.heads.sae.model import (
     TopKSAE,
     aux_loss,
     batch_topk_pattern,

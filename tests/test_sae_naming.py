@@ -5,12 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from cache import open_cache, write_cache
-from cache.errors import CacheExistsError
-from cache.layout import model_fingerprint
-from cache.vocab import VocabError, open_vocab, write_vocab
-from heads.sae.naming import Candidates, cache_candidates, display_names, name_latents
+from clipcbm.cache import open_cache, write_cache
+from clipcbm.cache.errors import CacheExistsError
+from clipcbm.cache.layout import model_fingerprint
+from clipcbm.cache.vocab import VocabError, open_vocab, write_vocab
+from clipcbm.heads.sae.naming import Candidates, cache_candidates, display_names, name_latents
 
 MODEL = {"id": "some/clip", "revision": None, "commit": "abc", "embed_dim": 8}
 

@@ -6,18 +6,17 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from cache import open_cache, write_cache
-from heads.errors import (
+from clipcbm.cache import open_cache, write_cache
+from clipcbm.heads.errors import (
     HeadCacheMismatchError,
     HeadFormatError,
     HeadsConfigError,
     OutputExistsError,
 )
-from heads.sae.artifact import check_model, load_feature_transform, load_names, load_sae
-from heads.sae.config import FitSaeConfig
-from heads.sae.data import carve_holdout, load_train_rows
-from heads.sae.train import Schedule, run
+from clipcbm.heads.sae.artifact import check_model, load_feature_transform, load_names, load_sae
+from clipcbm.heads.sae.config import FitSaeConfig
+from clipcbm.heads.sae.data import carve_holdout, load_train_rows
+from clipcbm.heads.sae.train import Schedule, run
 
 E = 16
 
@@ -139,7 +138,7 @@ def test_feature_transform_gives_the_codes_and_the_names(cache_path, tmp_path):
     j = int(np.flatnonzero(names["alive"])[0])
     assert names.loc[j, "name"] in t.names[j]
     with open_cache(cache_path) as c:
-        from cache.layout import model_fingerprint
+        from clipcbm.cache.layout import model_fingerprint
 
         assert t.model_fingerprint == model_fingerprint(c.metadata)
 

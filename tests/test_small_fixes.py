@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from clipcbm.cache import CacheWriter, open_cache, verify_cache, write_cache
+from clipcbm.cache.errors import CacheConfigError, IncompleteCacheError
 from typer.testing import CliRunner
 
 import tests._dataset_factories as fx
-from cache import CacheWriter, open_cache, verify_cache, write_cache
-from cache.errors import CacheConfigError, IncompleteCacheError
-from cli import app
+from clipcbm.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -65,7 +65,7 @@ def concept_inputs(tmp_path):
 @pytest.fixture
 def no_hub_download(monkeypatch):
     """Loading a sentence model by hub id fails the test: offline must be decided before."""
-    import pipeline.hub as hub
+    import clipcbm.pipeline.hub as hub
 
     def loader(model, *args, **kwargs):
         pytest.fail(f"SentenceTransformer({model!r}) called offline: it would retry for ~75 s")
@@ -79,16 +79,15 @@ def no_hub_download(monkeypatch):
 def _warm_imports() -> None:
     """Import what the run imports anyway (torch for the device), so the clock measures the
     offline decision, not a cold import on a busy machine."""
+    import clipcbm.core.device  # noqa: F401
+    import clipcbm.pipeline.concepts.run  # noqa: F401
     import torch  # noqa: F401
-
-    import core.device  # noqa: F401
-    import pipeline.concepts.run  # noqa: F401
 
 
 def test_concepts_without_sim_model_fails_at_once_when_the_hub_is_unresolvable(
     concept_inputs, no_hub_download, monkeypatch
 ):
-    import pipeline.hub as hub
+    import clipcbm.pipeline.hub as hub
 
     for k in hub.OFFLINE_ENV:
         monkeypatch.delenv(k, raising=False)
@@ -115,8 +114,8 @@ def test_concepts_with_hf_hub_offline_fails_at_once_too(
 
 
 def test_the_llm_source_takes_the_same_offline_decision(monkeypatch):
-    import pipeline.hub as hub
-    from pipeline.concepts.llm import HFGenerator
+    import clipcbm.pipeline.hub as hub
+    from clipcbm.pipeline.concepts.llm import HFGenerator
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hub, "_cached", lambda model, revision: False)
@@ -247,8 +246,8 @@ def test_fit_sae_names_the_nan_rows_and_their_count(tmp_path):
 
 @NAN_WRITE
 def test_more_than_five_nan_rows_are_counted_and_the_first_named(tmp_path):
-    from heads.errors import HeadDataError
-    from heads.sae.data import load_train_rows
+    from clipcbm.heads.errors import HeadDataError
+    from clipcbm.heads.sae.data import load_train_rows
 
     a = _arrays(n_train=64)
     a["splits"]["train"]["image_emb"][[1, 2, 3, 20, 21, 22, 50]] = np.inf
@@ -321,7 +320,7 @@ def test_evaluating_the_h5_twin_does_not_refresh_the_zarr_results(tmp_path):
 
 
 def test_a_bar_on_a_file_writes_a_few_lines_and_no_carriage_returns():
-    from core.progress import bar
+    from clipcbm.core.progress import bar
 
     log = io.StringIO()
     for _ in bar(range(5000), desc="work", file=log, mininterval=0):
@@ -384,7 +383,7 @@ def _overlaps(boxes) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("n_rows", [1, 5, 14])
 def test_the_compare_figure_labels_do_not_overlap(tmp_path, monkeypatch, n_rows):
-    import heads.compare as compare
+    import clipcbm.heads.compare as compare
 
     names = ["zero-shot", "cms", "description", "probe", "l1", "contrastive", "sparse",
              "sparse-elastic-net", "l1-elastic-net", "label-free-cbm", "random-concepts",

@@ -9,18 +9,18 @@ import errno
 import json
 from pathlib import Path
 
+import clipcbm.core.atomic as atomic
+import clipcbm.heads.cbm.train as cbm_train
+import clipcbm.heads.io.weights_dir as weights_dir
 import pytest
 import torch
+from clipcbm.cache import write_cache
+from clipcbm.cache.layout import DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_ROWS
+from clipcbm.core.disk import is_disk_full, os_errno
 from safetensors import SafetensorError
 from typer.testing import CliRunner
 
-import core.atomic as atomic
-import heads.cbm.train as cbm_train
-import heads.io.weights_dir as weights_dir
-from cache import write_cache
-from cache.layout import DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_ROWS
-from cli import app
-from core.disk import is_disk_full, os_errno
+from clipcbm.cli import app
 from tests.test_reliability import _arrays as _reliability_arrays
 
 runner = CliRunner()
@@ -199,7 +199,7 @@ def _centred(n, d, c, seed=0):
 
 @pytest.mark.parametrize(("n", "d"), [(30, 200), (200, 30), (50, 50)])
 def test_dual_and_primal_ridge_give_the_same_weights(n, d):
-    from heads.cbm.init import ridge_weights
+    from clipcbm.heads.cbm.init import ridge_weights
 
     ac, zc = _centred(n, d, 7)
     wp, rp = ridge_weights(ac.clone(), zc, dual=False)
@@ -211,7 +211,7 @@ def test_dual_and_primal_ridge_give_the_same_weights(n, d):
 
 
 def test_primal_ridge_is_bit_identical_to_the_previous_solver():
-    from heads.cbm.init import RIDGE, ridge_weights
+    from clipcbm.heads.cbm.init import RIDGE, ridge_weights
 
     ac, zc = _centred(300, 40, 5)
     gram = ac.T @ ac
@@ -226,13 +226,13 @@ def test_the_zero_shot_init_adds_pseudo_rows_when_there_are_few_fit_rows(tmp_pat
     """36 fit rows, 120 concepts: the ridge on the fit rows alone would interpolate them; the
     seeded pseudo-rows make it a system of 36 + 1,024 rows (primal form), and the start still
     predicts what zero-shot predicts on the fit rows and on rows it never saw."""
-    from cache import open_cache
-    from heads.cbm.config import FitHeadConfig
-    from heads.cbm.init import init_final_layer
-    from heads.cbm.model import ConceptBottleneck
-    from heads.features import FEATURES
-    from heads.io.data import load_data
-    from heads.psi import class_logits
+    from clipcbm.cache import open_cache
+    from clipcbm.heads.cbm.config import FitHeadConfig
+    from clipcbm.heads.cbm.init import init_final_layer
+    from clipcbm.heads.cbm.model import ConceptBottleneck
+    from clipcbm.heads.features import FEATURES
+    from clipcbm.heads.io.data import load_data
+    from clipcbm.heads.psi import class_logits
 
     path = write_cache(tmp_path / "wide.zarr", **_arrays(n_train=40, n_concepts=120))
     with open_cache(path) as c:
@@ -250,7 +250,7 @@ def test_the_zero_shot_init_adds_pseudo_rows_when_there_are_few_fit_rows(tmp_pat
 
 
 def test_available_memory_is_read_from_the_host():
-    from heads.memory import available_bytes, host_available_bytes
+    from clipcbm.heads.memory import available_bytes, host_available_bytes
 
     have = host_available_bytes()
     assert isinstance(have, int) and have > 0
@@ -272,10 +272,10 @@ def test_fit_head_too_large_for_memory_is_refused_up_front(tmp_path, monkeypatch
 
 
 def test_an_init_that_does_not_fit_names_the_fc_init_that_does(tmp_path, monkeypatch):
-    from cache import open_cache
-    from heads.cbm.config import FitHeadConfig
-    from heads.errors import InsufficientMemoryError
-    from heads.io.data import load_data
+    from clipcbm.cache import open_cache
+    from clipcbm.heads.cbm.config import FitHeadConfig
+    from clipcbm.heads.errors import InsufficientMemoryError
+    from clipcbm.heads.io.data import load_data
 
     path = write_cache(tmp_path / "tall.zarr", **_arrays(n_train=20_000, n_concepts=1_000))
     cfg = FitHeadConfig(cache=path)
@@ -294,18 +294,18 @@ def test_an_init_that_does_not_fit_names_the_fc_init_that_does(tmp_path, monkeyp
 
 
 def test_the_init_checks_its_own_memory_before_allocating(tmp_path, monkeypatch):
-    import heads.memory
-    from cache import open_cache
-    from heads.cbm.config import FitHeadConfig
-    from heads.cbm.init import init_final_layer
-    from heads.cbm.model import ConceptBottleneck
-    from heads.errors import InsufficientMemoryError
-    from heads.io.data import load_data
+    from clipcbm.cache import open_cache
+    from clipcbm.heads import memory as heads_memory
+    from clipcbm.heads.cbm.config import FitHeadConfig
+    from clipcbm.heads.cbm.init import init_final_layer
+    from clipcbm.heads.cbm.model import ConceptBottleneck
+    from clipcbm.heads.errors import InsufficientMemoryError
+    from clipcbm.heads.io.data import load_data
 
     path = write_cache(tmp_path / "c.zarr", **_arrays(n_train=400, n_concepts=50))
     with open_cache(path) as c:
         data = load_data(c, FitHeadConfig(cache=path), "cpu")
-    monkeypatch.setattr(heads.memory, "available_bytes", lambda device: 1000)
+    monkeypatch.setattr(heads_memory, "available_bytes", lambda device: 1000)
     want = r"--fc-init zero-shot .* 360 fit rows \+ 1,024 pseudo-rows x 50"
     with pytest.raises(InsufficientMemoryError, match=want):
         init_final_layer(ConceptBottleneck(50, 3), data, "zero-shot")
@@ -376,8 +376,8 @@ def test_attribute_cache_refuses_another_model(embedded, tiny_clip_dir, tmp_path
 def test_attribute_model_check_compares_directories_and_honours_the_override(
     embedded, tiny_clip_dir, tmp_path
 ):
-    from pipeline.attribution.config import AttributeConfig
-    from pipeline.attribution.pairs import ModelMismatchError, with_cache_model
+    from clipcbm.pipeline.attribution.config import AttributeConfig
+    from clipcbm.pipeline.attribution.pairs import ModelMismatchError, with_cache_model
 
     def cfg(**kw):
         return AttributeConfig(out=tmp_path / "a", cache=embedded, text="x", **kw)

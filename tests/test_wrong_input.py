@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from clipcbm.cache import open_cache, write_cache
+from clipcbm.cache.errors import CacheCorruptError
+from clipcbm.pipeline.datasets import UnreadableImageError
+from clipcbm.pipeline.datasets.base import open_rgb, to_rgb
+from clipcbm.pipeline.encoder import ClipEncoder, TextTooLongError, check_context
 from PIL import Image
 from typer.testing import CliRunner
 
-import cli
-from cache import open_cache, write_cache
-from cache.errors import CacheCorruptError
-from pipeline.datasets import UnreadableImageError
-from pipeline.datasets.base import open_rgb, to_rgb
-from pipeline.encoder import ClipEncoder, TextTooLongError, check_context
+from clipcbm import cli
 from tests import _dataset_factories as fx
 
 runner = CliRunner()
@@ -254,10 +254,10 @@ def test_embed_truncate_cuts_with_a_warning_and_changes_the_identity(
     cut_same = "x" * 5_000 + "y" * 5_000  # the same first 75 tokens as LONG
     concepts.write_text(f"red fur\n{LONG}\n{cut_same}\nwheels\n")
     out = tmp_path / "cut.zarr"
-    with caplog.at_level(logging.WARNING, logger="pipeline.encoder"):
+    with caplog.at_level(logging.WARNING, logger="clipcbm.pipeline.encoder"):
         res = _embed(tiny_clip_dir, root, out, concepts, "--truncate")
     assert res.exit_code == 0, res.output
-    warned = [r.getMessage() for r in caplog.records if r.name == "pipeline.encoder"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "clipcbm.pipeline.encoder"]
     assert len(warned) == 1 and "--truncate: 2 text(s)" in warned[0]
     assert "context of 77 tokens" in warned[0]
     with open_cache(out) as c:
@@ -266,20 +266,20 @@ def test_embed_truncate_cuts_with_a_warning_and_changes_the_identity(
     np.testing.assert_allclose(emb[1], emb[2], atol=1e-6)  # both cut to the first 75 x
     assert not np.allclose(emb[0], emb[1])
     # the same cut as `attribute --truncate`: BOS + the first 75 tokens + EOS
-    from pipeline.attribution.maps import token_ids
+    from clipcbm.pipeline.attribution.maps import token_ids
 
     enc = ClipEncoder.load(str(tiny_clip_dir), device="cpu")
     ids = torch.tensor([token_ids(enc.tokenizer, LONG, 77, True)])
     with torch.inference_mode():
         feats = enc.model.get_text_features(input_ids=ids, attention_mask=torch.ones_like(ids))
-    from pipeline.encoder import projected, unit_rows
+    from clipcbm.pipeline.encoder import projected, unit_rows
 
     np.testing.assert_allclose(emb[1], unit_rows(projected(feats))[0][0].numpy(), atol=1e-5)
 
 
 def test_attribute_and_embed_share_the_rule():
     """attribute's token_ids raises embed's TextTooLongError with the same message."""
-    from pipeline.attribution.maps import token_ids
+    from clipcbm.pipeline.attribution.maps import token_ids
 
     class Tok:
         def __call__(self, text, **kw):

@@ -33,17 +33,16 @@ from functools import cached_property
 
 import numpy as np
 import torch
-
-from core.progress import bar as progress_bar
-from heads.baselines.normalize import (  # noqa: F401
+from clipcbm.core.progress import bar as progress_bar
+from clipcbm.heads.baselines.normalize import (  # noqa: F401
     ALIASES,
     NORMALIZE_CHOICES,
     NORMALIZERS,
     Normalizer,
     resolve_normalize,
 )
-from heads.chunks import CHUNK_ROWS, iter_chunks
-from heads.eval.metrics import ranked
+from clipcbm.heads.chunks import CHUNK_ROWS, iter_chunks
+from clipcbm.heads.eval.metrics import ranked
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,8 @@ import logging
 from dataclasses import dataclass
 
 import torch
-
-from heads.cbm.elastic_net import fit_elastic_net
-from heads.eval.metrics import (
+from clipcbm.heads.cbm.elastic_net import fit_elastic_net
+from clipcbm.heads.eval.metrics import (
     NecEvaluator,
     activation_sparsity,
     classification_metrics,

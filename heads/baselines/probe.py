@@ -17,12 +17,11 @@ import logging
 import math
 
 import torch
+from clipcbm.heads.baselines.logreg import fit_logreg_cv, fit_logreg_path
+from clipcbm.heads.chunks import CHUNK_ROWS, iter_chunks
+from clipcbm.heads.features import FEATURES
+from clipcbm.heads.io.data import HeadData
 from torch import nn
-
-from heads.baselines.logreg import fit_logreg_cv, fit_logreg_path
-from heads.chunks import CHUNK_ROWS, iter_chunks
-from heads.features import FEATURES
-from heads.io.data import HeadData
 
 log = logging.getLogger(__name__)
 

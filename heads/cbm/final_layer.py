@@ -30,11 +30,10 @@ import logging
 
 import torch
 import torch.nn.functional as F
-
-from heads.cbm.elastic_net import fit_elastic_net
-from heads.chunks import iter_chunks
-from heads.eval.metrics import truncate_rows
-from heads.features import FEATURES
+from clipcbm.heads.cbm.elastic_net import fit_elastic_net
+from clipcbm.heads.chunks import iter_chunks
+from clipcbm.heads.eval.metrics import truncate_rows
+from clipcbm.heads.features import FEATURES
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +104,10 @@ def fit_anchored_final_layer(model, data, config, anchor: tuple, *,
     the CBL, or `--fc-init prior`). Cross-validating over those rows is then optimistic, so the
     held-out estimate is `info["fit_rows_only"]`: the chosen C refitted on the fit rows alone
     and scored on the validation rows (which neither the CBL nor the anchor was fitted on)."""
-    from heads.baselines.logreg import fit_logreg_path  # heads.baselines imports this module
-    from heads.baselines.probe import cv_fit, l2_for_c
+    from clipcbm.heads.baselines.logreg import (
+        fit_logreg_path,  # heads.baselines imports this module
+    )
+    from clipcbm.heads.baselines.probe import cv_fit, l2_for_c
 
     rows = torch.cat([data.train_idx, data.val_idx])
     a = _activations(model, data, rows)

@@ -32,11 +32,10 @@ import logging
 import math
 
 import torch
-
-from heads.cbm.positives import links_from_concept_classes, nearest_concept_links
-from heads.features import FEATURES
-from heads.memory import require
-from heads.psi import class_logits
+from clipcbm.heads.cbm.positives import links_from_concept_classes, nearest_concept_links
+from clipcbm.heads.features import FEATURES
+from clipcbm.heads.memory import require
+from clipcbm.heads.psi import class_logits
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-
-from heads.cbm.positives import (
+from clipcbm.heads.cbm.positives import (
     class_positive_mask,
     gumbel_multi_positive_loss,
     multi_positive_loss,

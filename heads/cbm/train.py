@@ -21,31 +21,30 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-from cache import open_cache
-from core.device import resolve_device
-from core.outputs import owned_output
-from core.progress import bar as progress_bar
-from heads.baselines.features_head import fit_features_head
-from heads.baselines.probe import BASELINE_TRAINERS
-from heads.cbm.config import FitHeadConfig, resolve_topk
-from heads.cbm.final_layer import fit_anchored_final_layer, fit_sparse_final_layer
-from heads.cbm.init import (
+from clipcbm.cache import open_cache
+from clipcbm.core.device import resolve_device
+from clipcbm.core.outputs import owned_output
+from clipcbm.core.progress import bar as progress_bar
+from clipcbm.heads.baselines.features_head import fit_features_head
+from clipcbm.heads.baselines.probe import BASELINE_TRAINERS
+from clipcbm.heads.cbm.config import FitHeadConfig, resolve_topk
+from clipcbm.heads.cbm.final_layer import fit_anchored_final_layer, fit_sparse_final_layer
+from clipcbm.heads.cbm.init import (
     FC_INITS,
     ZERO_SHOT_ROWS,
     class_links,
     init_bytes,
     init_final_layer,
 )
-from heads.cbm.losses import CBL_LOSSES, tau_schedule
-from heads.cbm.model import ConceptBottleneck
-from heads.chunks import CHUNK_ROWS
-from heads.errors import HeadsConfigError, InsufficientMemoryError, OutputExistsError
-from heads.eval.evaluate import Scorer, evaluate, top1, zero_shot_scorer
-from heads.features import FEATURES
-from heads.io.artifact import HEAD_DIR, Head, save_head
-from heads.io.data import HeadData, load_data
-from heads.memory import available_bytes, gib
+from clipcbm.heads.cbm.losses import CBL_LOSSES, tau_schedule
+from clipcbm.heads.cbm.model import ConceptBottleneck
+from clipcbm.heads.chunks import CHUNK_ROWS
+from clipcbm.heads.errors import HeadsConfigError, InsufficientMemoryError, OutputExistsError
+from clipcbm.heads.eval.evaluate import Scorer, evaluate, top1, zero_shot_scorer
+from clipcbm.heads.features import FEATURES
+from clipcbm.heads.io.artifact import HEAD_DIR, Head, save_head
+from clipcbm.heads.io.data import HeadData, load_data
+from clipcbm.heads.memory import available_bytes, gib
 
 log = logging.getLogger(__name__)
 

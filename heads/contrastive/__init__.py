@@ -11,7 +11,7 @@ __all__ = ["LOSSES", "AGGREGATES"]
 
 def __getattr__(name: str):
     if name in __all__:
-        from heads.contrastive import losses
+        from clipcbm.heads.contrastive import losses
 
         return getattr(losses, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

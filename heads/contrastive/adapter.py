@@ -19,14 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from clipcbm.core.device import resolve_device
+from clipcbm.core.outputs import owned_output
+from clipcbm.core.progress import bar as progress_bar
+from clipcbm.heads.contrastive.config import FitAdapterConfig
+from clipcbm.heads.contrastive.losses import LOSSES
+from clipcbm.heads.errors import HeadDataError, OutputExistsError
 from torch import nn
-
-from core.device import resolve_device
-from core.outputs import owned_output
-from core.progress import bar as progress_bar
-from heads.contrastive.config import FitAdapterConfig
-from heads.contrastive.losses import LOSSES
-from heads.errors import HeadDataError, OutputExistsError
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +166,7 @@ def train_projection(
 def run(cfg: FitAdapterConfig) -> AdapterResult:
     """The `fit-adapter` command: read the views, train, save the adapter directory (locked for
     the run; replaced only if it is an adapter directory: core.outputs)."""
-    from heads.contrastive.artifact import ADAPTER_DIR
+    from clipcbm.heads.contrastive.artifact import ADAPTER_DIR
 
     with owned_output(cfg.out_dir(), ADAPTER_DIR.ownership, overwrite=cfg.overwrite,
                       exists_error=OutputExistsError):  # fmt: skip
@@ -175,10 +174,10 @@ def run(cfg: FitAdapterConfig) -> AdapterResult:
 
 
 def _run(cfg: FitAdapterConfig) -> AdapterResult:
-    from cache import open_cache
-    from cache.layout import model_fingerprint
-    from heads.contrastive.artifact import save_adapter
-    from heads.io.evaldata import load_split
+    from clipcbm.cache import open_cache
+    from clipcbm.cache.layout import model_fingerprint
+    from clipcbm.heads.contrastive.artifact import save_adapter
+    from clipcbm.heads.io.evaldata import load_split
 
     out = cfg.out_dir()
     device = resolve_device(cfg.device)

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from heads.contrastive.adapter import Projection
-from heads.errors import HeadCacheMismatchError, HeadFormatError
-from heads.io.weights_dir import CONFIG, WeightsDir
-from heads.transforms import FeatureTransform
+from clipcbm.heads.contrastive.adapter import Projection
+from clipcbm.heads.errors import HeadCacheMismatchError, HeadFormatError
+from clipcbm.heads.io.weights_dir import CONFIG, WeightsDir
+from clipcbm.heads.transforms import FeatureTransform
 
 KIND = "adapter"
 FORMAT_VERSION = 1
@@ -65,7 +64,7 @@ def load_adapter(path, device="cpu") -> Adapter:
 
 def check_model(adapter: Adapter, cache) -> None:
     """Refuse a cache of another embedding model (or width) than the adapter was fitted on."""
-    from cache.layout import model_fingerprint
+    from clipcbm.cache.layout import model_fingerprint
 
     if int(adapter.config["in_dim"]) != cache.embed_dim:
         raise HeadCacheMismatchError(

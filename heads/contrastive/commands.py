@@ -6,9 +6,8 @@ Options come from `heads.contrastive.config`; torch is imported only when a comm
 from __future__ import annotations
 
 import typer
-
-from core.cli import config_command
-from heads.contrastive.config import FitAdapterConfig, KnnEvalConfig
+from clipcbm.core.cli import config_command
+from clipcbm.heads.contrastive.config import FitAdapterConfig, KnnEvalConfig
 
 app = typer.Typer()
 
@@ -23,13 +22,13 @@ def _render_fit(cfg, result) -> str:
 
 
 def _fit_adapter():
-    from heads.contrastive.adapter import run
+    from clipcbm.heads.contrastive.adapter import run
 
     return run, _render_fit
 
 
 def _knn_eval():
-    from heads.contrastive.knn import run
+    from clipcbm.heads.contrastive.knn import run
 
     return run, lambda cfg, r: r.summary() + (f"\nwrote {cfg.out}" if cfg.out else "")
 

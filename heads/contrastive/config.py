@@ -6,10 +6,10 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from core.config import option, validated
-from core.device import DEVICE_HELP, check_device
-from heads.errors import HeadsConfigError
-from heads.options import KNN_ALLOW_OVERLAP_HELP, VERIFY_HELP
+from clipcbm.core.config import option, validated
+from clipcbm.core.device import DEVICE_HELP, check_device
+from clipcbm.heads.errors import HeadsConfigError
+from clipcbm.heads.options import KNN_ALLOW_OVERLAP_HELP, VERIFY_HELP
 
 # the names of heads.contrastive.losses.LOSSES / AGGREGATES (kept torch-free for the CLI)
 LOSS_NAMES = ("contrastive", "debiased-neg", "debiased-pos", "supcon")

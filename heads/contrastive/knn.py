@@ -21,9 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from clipcbm.heads.errors import EvalInputError
 from torch import Tensor
-
-from heads.errors import EvalInputError
 
 WEIGHTINGS = ("exp", "majority")
 BACKENDS = ("auto", "torch", "faiss")
@@ -198,11 +197,11 @@ def evaluate_knn(bank, bank_labels, queries, query_labels, *, n_classes, k, t, b
 
 def run(cfg) -> KnnResult:
     """The `knn-eval` command (config: heads.contrastive.config.KnnEvalConfig)."""
-    from cache import open_cache
-    from core.device import resolve_device
-    from heads.contrastive.artifact import check_model, load_adapter
-    from heads.io.evaldata import check_disjoint, check_split_name, load_split, write_json
-    from heads.io.output import write_errors
+    from clipcbm.cache import open_cache
+    from clipcbm.core.device import resolve_device
+    from clipcbm.heads.contrastive.artifact import check_model, load_adapter
+    from clipcbm.heads.io.evaldata import check_disjoint, check_split_name, load_split, write_json
+    from clipcbm.heads.io.output import write_errors
 
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)

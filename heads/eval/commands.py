@@ -22,18 +22,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-
-from cache import open_cache
-from core.device import resolve_device
-from heads.baselines.cms import build_scorer, cms_predict, resolve_normalize
-from heads.eval.config import CmsEvalConfig, EvaluateConfig, ExplainConfig  # noqa: F401
-from heads.eval.evaluate import evaluate, per_class_frame, zero_shot_scorer
-from heads.eval.explain import Explanation, explain_cbm, explain_cms_row
-from heads.eval.metrics import classification_metrics
-from heads.eval.plots import plot_confusion, plot_contributions
-from heads.features import TextTensors
-from heads.io.artifact import load_head
-from heads.io.evaldata import (
+from clipcbm.cache import open_cache
+from clipcbm.core.device import resolve_device
+from clipcbm.heads.baselines.cms import build_scorer, cms_predict, resolve_normalize
+from clipcbm.heads.eval.config import CmsEvalConfig, EvaluateConfig, ExplainConfig  # noqa: F401
+from clipcbm.heads.eval.evaluate import evaluate, per_class_frame, zero_shot_scorer
+from clipcbm.heads.eval.explain import Explanation, explain_cbm, explain_cms_row
+from clipcbm.heads.eval.metrics import classification_metrics
+from clipcbm.heads.eval.plots import plot_confusion, plot_contributions
+from clipcbm.heads.features import TextTensors
+from clipcbm.heads.io.artifact import load_head
+from clipcbm.heads.io.evaldata import (
     EvalInputError,
     cache_settings,
     check_disjoint,
@@ -45,7 +44,7 @@ from heads.io.evaldata import (
     write_csv,
     write_json,
 )
-from heads.io.output import result_files
+from clipcbm.heads.io.output import result_files
 
 log = logging.getLogger(__name__)
 

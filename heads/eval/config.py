@@ -8,12 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.config import option, validated
-from core.device import DEVICE_HELP, check_device
-from heads.baselines.normalize import NORMALIZE_CHOICES
-from heads.chunks import CHUNK_ROWS
-from heads.errors import HeadsConfigError
-from heads.options import ALLOW_OVERLAP_HELP, OVERWRITE_RESULTS_HELP, VERIFY_HELP
+from clipcbm.core.config import option, validated
+from clipcbm.core.device import DEVICE_HELP, check_device
+from clipcbm.heads.baselines.normalize import NORMALIZE_CHOICES
+from clipcbm.heads.chunks import CHUNK_ROWS
+from clipcbm.heads.errors import HeadsConfigError
+from clipcbm.heads.options import ALLOW_OVERLAP_HELP, OVERWRITE_RESULTS_HELP, VERIFY_HELP
 
 CACHE_HELP = "Embedding cache (zarr directory or .h5 file)."
 CHUNK_HELP = "Image rows per matmul (bounds memory: chunk x (|D| + |C|) x 4 bytes)."

@@ -16,11 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from core.progress import bar as progress_bar
-from heads.chunks import CHUNK_ROWS, iter_chunks
-from heads.eval.metrics import (
+from clipcbm.core.progress import bar as progress_bar
+from clipcbm.heads.chunks import CHUNK_ROWS, iter_chunks
+from clipcbm.heads.eval.metrics import (
     FAITHFULNESS_ROWS,
     NEC_GRID,
     NecEvaluator,
@@ -33,8 +31,9 @@ from heads.eval.metrics import (
     ranked,
     weight_metrics,
 )
-from heads.features import FEATURES, TextTensors
-from heads.psi import as_float_tensor
+from clipcbm.heads.features import FEATURES, TextTensors
+from clipcbm.heads.psi import as_float_tensor
+from torch import nn
 
 
 @dataclass

@@ -17,8 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-
-from heads.baselines.cms import CmsScorer, cms_explain
+from clipcbm.heads.baselines.cms import CmsScorer, cms_explain
 
 TABLE_COLUMNS = ("rank", "concept_index", "concept", "activation", "weight", "contribution")
 

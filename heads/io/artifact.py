@@ -14,15 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from clipcbm.heads.cbm.model import ConceptBottleneck
+from clipcbm.heads.chunks import iter_chunks
+from clipcbm.heads.errors import HeadCacheMismatchError, HeadFormatError
+from clipcbm.heads.eval.evaluate import Scorer, predict
+from clipcbm.heads.features import TextTensors
+from clipcbm.heads.io.weights_dir import WeightsDir
+from clipcbm.heads.psi import as_float_tensor
 from torch import nn
-
-from heads.cbm.model import ConceptBottleneck
-from heads.chunks import iter_chunks
-from heads.errors import HeadCacheMismatchError, HeadFormatError
-from heads.eval.evaluate import Scorer, predict
-from heads.features import TextTensors
-from heads.io.weights_dir import WeightsDir
-from heads.psi import as_float_tensor
 
 FORMAT_VERSION = 2  # 2: atomic directory, weights_sha256 recorded; 1: no checksum
 REQUIRED_KEYS = ("kind", "n_concepts", "n_classes", "embed_dim", "cache_fingerprint")
@@ -89,7 +88,7 @@ class Head:
 
     def _transform(self, cache, device):
         """The SAE / adapter a features head reads, refused if it changed since the fit."""
-        from heads.io.data import checked_transform
+        from clipcbm.heads.io.data import checked_transform
 
         rec = self.config["transform"]
         tr = checked_transform(rec["kind"], rec["path"], cache, device)

@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-
-from heads.errors import HeadCacheMismatchError, HeadDataError
-from heads.features import TextTensors
-from heads.io.evaldata import check_disjoint
-from heads.io.evaldata import load_split as load_split_checked
+from clipcbm.heads.errors import HeadCacheMismatchError, HeadDataError
+from clipcbm.heads.features import TextTensors
+from clipcbm.heads.io.evaldata import check_disjoint
+from clipcbm.heads.io.evaldata import load_split as load_split_checked
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +82,8 @@ def load_split(cache, name: str, device) -> SplitTensors:
 def checked_transform(kind: str, path, cache, device):
     """The fitted transform at `path` (heads.transforms), refused unless it was fitted on a
     cache of the same model (same embedding space) as `cache`."""
-    from cache.layout import model_fingerprint
-    from heads.transforms import load_transform
+    from clipcbm.cache.layout import model_fingerprint
+    from clipcbm.heads.transforms import load_transform
 
     tr = load_transform(kind, path, device)
     if tr.model_fingerprint != model_fingerprint(cache.metadata):

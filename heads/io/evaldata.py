@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from core import atomic
-from heads.errors import EvalInputError, OutputExistsError
+from clipcbm.core import atomic
+from clipcbm.heads.errors import EvalInputError, OutputExistsError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ def _id_kind(cache, split: str) -> str:
 def split_overlap(cache, a: str, b: str) -> int:
     """Rows shared by splits a and b: identical embeddings, or (for datasets whose ids are file
     paths) the same id. Recorded by the cache writer; computed here for older caches."""
-    from cache.layout import count_overlap
+    from clipcbm.cache.layout import count_overlap
 
     rec = (cache.metadata.get("overlap") or {}).get("|".join(sorted((a, b))))
     if rec is None:

@@ -28,10 +28,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from clipcbm.core.disk import describe_failure, os_errno
+from clipcbm.heads.errors import OutputWriteError
 from safetensors import SafetensorError
-
-from core.disk import describe_failure, os_errno
-from heads.errors import OutputWriteError
 
 
 def _absolute(path) -> Path:

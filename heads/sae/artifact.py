@@ -24,18 +24,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from clipcbm.cache.layout import model_fingerprint
+from clipcbm.core import atomic
+from clipcbm.core.outputs import Ownership
+from clipcbm.heads.errors import HeadCacheMismatchError, HeadFormatError
+from clipcbm.heads.io.evaldata import write_json
+from clipcbm.heads.io.output import write_errors
+from clipcbm.heads.sae.model import TopKSAE
+from clipcbm.heads.sae.naming import display_names
+from clipcbm.heads.transforms import FeatureTransform
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-
-from cache.layout import model_fingerprint
-from core import atomic
-from core.outputs import Ownership
-from heads.errors import HeadCacheMismatchError, HeadFormatError
-from heads.io.evaldata import write_json
-from heads.io.output import write_errors
-from heads.sae.model import TopKSAE
-from heads.sae.naming import display_names
-from heads.transforms import FeatureTransform
 
 WEIGHTS = "sae_weights.safetensors"  # SAELens's SAE_WEIGHTS_FILENAME
 CONFIG = "cfg.json"  # SAELens's SAE_CFG_FILENAME

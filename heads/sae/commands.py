@@ -13,10 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import typer
-
-from core.cli import config_command
-from heads.errors import HeadsConfigError
-from heads.sae.config import FitSaeConfig, SaeEvalConfig, SaeInspectConfig
+from clipcbm.core.cli import config_command
+from clipcbm.heads.errors import HeadsConfigError
+from clipcbm.heads.sae.config import FitSaeConfig, SaeEvalConfig, SaeInspectConfig
 
 app = typer.Typer()
 
@@ -43,23 +42,23 @@ def _render_fit(cfg, r) -> str:
 
 
 def _fit():
-    from heads.sae.train import run
+    from clipcbm.heads.sae.train import run
 
     return run, _render_fit
 
 
 def _eval():
-    from heads.sae.evaluation import run_sae_eval
+    from clipcbm.heads.sae.evaluation import run_sae_eval
 
     files = lambda r: " ".join(str(p) for p in r.files.values())  # noqa: E731
     return run_sae_eval, lambda cfg, r: f"{r.summary()}\nwrote {files(r)}"
 
 
 def _inspect():
-    from heads.sae.inspect import run_sae_inspect
+    from clipcbm.heads.sae.inspect import run_sae_inspect
 
     def run(cfg: SaeInspectConfig):
-        from heads.io.output import write_errors
+        from clipcbm.heads.io.output import write_errors
 
         renderer = _html_renderer
         if cfg.html is not None and renderer is None:

@@ -10,11 +10,11 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from core.config import option, validated
-from core.device import DEVICE_HELP, check_device
-from heads.chunks import CHUNK_ROWS
-from heads.errors import HeadsConfigError
-from heads.options import VERIFY_HELP
+from clipcbm.core.config import option, validated
+from clipcbm.core.device import DEVICE_HELP, check_device
+from clipcbm.heads.chunks import CHUNK_ROWS
+from clipcbm.heads.errors import HeadsConfigError
+from clipcbm.heads.options import VERIFY_HELP
 
 SELECTIONS = ("topk", "batchtopk")  # heads.sae.model.PATTERNS
 SELECT_DTYPES = ("auto", "fp32", "bf16")

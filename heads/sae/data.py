@@ -20,8 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from heads.errors import HeadDataError
+from clipcbm.heads.errors import HeadDataError
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +206,7 @@ class HeldOut:
 
 def load_heldout(cache, split: str, mask: np.ndarray | None = None) -> HeldOut:
     """The whole split through the checked stage-two reader, or its `mask` rows (carved)."""
-    from heads.io.evaldata import load_split
+    from clipcbm.heads.io.evaldata import load_split
 
     if mask is None:
         sd = load_split(cache, split, error=HeadDataError,

@@ -13,20 +13,19 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-
-from cache import open_cache
-from core import atomic
-from core.device import resolve_device
-from core.progress import bar as progress_bar
-from heads.eval.evaluate import zero_shot_scorer
-from heads.features import TextTensors
-from heads.io.artifact import load_head
-from heads.io.evaldata import write_json
-from heads.io.output import result_files
-from heads.sae.artifact import check_model, load_sae
-from heads.sae.config import SaeEvalConfig
-from heads.sae.data import load_heldout
-from heads.sae.metrics import evaluate_sae, plot_sweep
+from clipcbm.cache import open_cache
+from clipcbm.core import atomic
+from clipcbm.core.device import resolve_device
+from clipcbm.core.progress import bar as progress_bar
+from clipcbm.heads.eval.evaluate import zero_shot_scorer
+from clipcbm.heads.features import TextTensors
+from clipcbm.heads.io.artifact import load_head
+from clipcbm.heads.io.evaldata import write_json
+from clipcbm.heads.io.output import result_files
+from clipcbm.heads.sae.artifact import check_model, load_sae
+from clipcbm.heads.sae.config import SaeEvalConfig
+from clipcbm.heads.sae.data import load_heldout
+from clipcbm.heads.sae.metrics import evaluate_sae, plot_sweep
 
 log = logging.getLogger(__name__)
 

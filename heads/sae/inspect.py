@@ -21,19 +21,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-
-from cache import open_cache
-from core import atomic
-from core.device import resolve_device
-from heads.chunks import iter_chunks
-from heads.errors import EvalInputError, HeadCacheMismatchError, HeadsConfigError, OutputExistsError
-from heads.eval.metrics import ranked
-from heads.io.evaldata import write_json
-from heads.io.output import result_files
-from heads.sae.artifact import alive_mask, check_model, load_names, load_sae
-from heads.sae.config import SaeInspectConfig
-from heads.sae.data import load_heldout
-from heads.sae.naming import name_latents, vocab_candidates
+from clipcbm.cache import open_cache
+from clipcbm.core import atomic
+from clipcbm.core.device import resolve_device
+from clipcbm.heads.chunks import iter_chunks
+from clipcbm.heads.errors import (
+    EvalInputError,
+    HeadCacheMismatchError,
+    HeadsConfigError,
+    OutputExistsError,
+)
+from clipcbm.heads.eval.metrics import ranked
+from clipcbm.heads.io.evaldata import write_json
+from clipcbm.heads.io.output import result_files
+from clipcbm.heads.sae.artifact import alive_mask, check_model, load_names, load_sae
+from clipcbm.heads.sae.config import SaeInspectConfig
+from clipcbm.heads.sae.data import load_heldout
+from clipcbm.heads.sae.naming import name_latents, vocab_candidates
 
 TABLE, META = "inspect.csv", "inspect.json"
 COLUMNS = ("view", "group", "title", "detail", "query", "rank", "row", "id", "label", "class",
@@ -133,7 +137,7 @@ def _names(cfg, sae, sae_cfg, cache_fp):
                 "runner_up": "", "runner_up_cosine": np.nan, "source": "",
             })  # fmt: skip
         return names
-    from cache.vocab import open_vocab
+    from clipcbm.cache.vocab import open_vocab
 
     vocab = open_vocab(cfg.vocab)
     if vocab.model_fingerprint != cache_fp:

@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-
-from heads.chunks import CHUNK_ROWS, iter_chunks
-from heads.eval.evaluate import Scorer, top1
+from clipcbm.heads.chunks import CHUNK_ROWS, iter_chunks
+from clipcbm.heads.eval.evaluate import Scorer, top1
 
 
 @dataclass
@@ -156,7 +155,7 @@ def evaluate_sae(sae, x: np.ndarray, labels: np.ndarray | None = None, *,
 
 def plot_sweep(table: pd.DataFrame, trained_k: int, path, title: str):
     """FVU and cosine against k (log2 axis), the trained k marked; a PNG at `path`."""
-    from heads.eval.plots import new_figure, save_figure
+    from clipcbm.heads.eval.plots import new_figure, save_figure
 
     fig, (ax1, ax2) = new_figure((9, 3.6), ncols=2)
     for ax, col, label in ((ax1, "fvu", "FVU (held-out)"), (ax2, "cosine", "cosine(x, x̂)")):

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-
-from heads.chunks import iter_chunks
-from heads.eval.metrics import ranked
+from clipcbm.heads.chunks import iter_chunks
+from clipcbm.heads.eval.metrics import ranked
 
 NAME_COLUMNS = ("latent", "name", "cosine", "runner_up", "runner_up_cosine", "source")
 

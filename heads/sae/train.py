@@ -18,21 +18,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-
-from cache import open_cache
-from cache.layout import model_fingerprint
-from core.device import resolve_device
-from core.outputs import owned_output
-from core.progress import bar as progress_bar
-from heads.errors import HeadCacheMismatchError, HeadsConfigError, OutputExistsError
-from heads.eval.evaluate import zero_shot_scorer
-from heads.features import TextTensors
-from heads.sae.artifact import OWNERSHIP, save_sae
-from heads.sae.config import FitSaeConfig
-from heads.sae.data import TrainRows, carve_holdout, load_heldout, load_train_rows
-from heads.sae.metrics import evaluate_sae
-from heads.sae.model import TopKSAE, aux_loss, default_k_aux
-from heads.sae.naming import cache_candidates, name_latents, vocab_candidates
+from clipcbm.cache import open_cache
+from clipcbm.cache.layout import model_fingerprint
+from clipcbm.core.device import resolve_device
+from clipcbm.core.outputs import owned_output
+from clipcbm.core.progress import bar as progress_bar
+from clipcbm.heads.errors import HeadCacheMismatchError, HeadsConfigError, OutputExistsError
+from clipcbm.heads.eval.evaluate import zero_shot_scorer
+from clipcbm.heads.features import TextTensors
+from clipcbm.heads.sae.artifact import OWNERSHIP, save_sae
+from clipcbm.heads.sae.config import FitSaeConfig
+from clipcbm.heads.sae.data import TrainRows, carve_holdout, load_heldout, load_train_rows
+from clipcbm.heads.sae.metrics import evaluate_sae
+from clipcbm.heads.sae.model import TopKSAE, aux_loss, default_k_aux
+from clipcbm.heads.sae.naming import cache_candidates, name_latents, vocab_candidates
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +171,7 @@ class FitSaeResult:
 def _candidates(cfg: FitSaeConfig, cache):
     if cfg.vocab is None:
         return cache_candidates(cache), {"source": "cache concepts + classes"}
-    from cache.vocab import open_vocab
+    from clipcbm.cache.vocab import open_vocab
 
     vocab = open_vocab(cfg.vocab)
     if vocab.model_fingerprint != model_fingerprint(cache.metadata):

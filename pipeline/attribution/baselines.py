@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-from pipeline.encoder import projected
+from clipcbm.pipeline.encoder import projected
 
 
 @dataclass

@@ -27,8 +27,7 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
-
-from pipeline.attribution.config import M2IBSettings
+from clipcbm.pipeline.attribution.config import M2IBSettings
 
 _STD_FLOOR = 1e-5  # dead channels ("stats" noise) must not divide by zero
 
@@ -193,7 +192,7 @@ def attribute_images(
     model, pixel_values: torch.Tensor, text_emb: torch.Tensor, settings: M2IBSettings, **kw
 ) -> torch.Tensor:
     """(B, 3, H, W) pixels, (B, E) text embeddings -> (B, 1 + gh·gw) KL per token (CLS first)."""
-    from pipeline.encoder import projected
+    from clipcbm.pipeline.encoder import projected
 
     vcfg = model.config.vision_config
     patch = int(vcfg.patch_size)
@@ -218,7 +217,7 @@ def attribute_texts(
     **kw,
 ) -> torch.Tensor:
     """(B, T) ids + mask, (B, E) image embeddings -> (B, T) KL per token (0 at padding)."""
-    from pipeline.encoder import projected
+    from clipcbm.pipeline.encoder import projected
 
     s = settings.samples
     ids, mask = input_ids.repeat_interleave(s, 0), attention_mask.repeat_interleave(s, 0)

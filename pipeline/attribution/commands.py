@@ -7,21 +7,20 @@ a command runs.
 from __future__ import annotations
 
 import typer
-
-from core.cli import config_command
-from pipeline.attribution.config import AttributeConfig, AttributeEvalConfig
+from clipcbm.core.cli import config_command
+from clipcbm.pipeline.attribution.config import AttributeConfig, AttributeEvalConfig
 
 app = typer.Typer()
 
 
 def _attribute():
-    from pipeline.attribution.maps import run
+    from clipcbm.pipeline.attribution.maps import run
 
     return run, lambda cfg, r: r.summary()
 
 
 def _attribute_eval():
-    from pipeline.attribution.evaluate import run
+    from clipcbm.pipeline.attribution.evaluate import run
 
     return run, lambda cfg, r: r.summary()
 

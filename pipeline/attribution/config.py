@@ -7,10 +7,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.config import option, validated
-from core.device import DEVICE_HELP, check_device
-from pipeline.config import DEFAULT_CLIP_MODEL, DTYPE_TORCH_NAMES
-from pipeline.errors import PipelineConfigError
+from clipcbm.core.config import option, validated
+from clipcbm.core.device import DEVICE_HELP, check_device
+from clipcbm.pipeline.config import DEFAULT_CLIP_MODEL, DTYPE_TORCH_NAMES
+from clipcbm.pipeline.errors import PipelineConfigError
 
 BASELINES = ("saliency", "integrated-gradients", "occlusion", "rollout")
 NOISES = ("raw", "stats")

@@ -39,12 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from clipcbm.core import atomic
+from clipcbm.pipeline.attribution.baselines import BASELINE_FNS, Batch, image_cos, text_cos
+from clipcbm.pipeline.attribution.maps import AttributionInputError, grid_to_crop
+from clipcbm.pipeline.preprocess import normalize_batch
 from PIL import Image
-
-from core import atomic
-from pipeline.attribution.baselines import BASELINE_FNS, Batch, image_cos, text_cos
-from pipeline.attribution.maps import AttributionInputError, grid_to_crop
-from pipeline.preprocess import normalize_batch
 
 METRICS = ("vdrop", "vincr", "tdrop", "tincr", "deletion_image", "insertion_image",
            "deletion_text", "insertion_text")  # fmt: skip
@@ -130,7 +129,7 @@ def score_maps(model, b: Batch, img_maps, txt_maps, curve_steps: int) -> dict[st
 
 
 def make_batch(model, spec, device, dtype, crops, ids_list) -> Batch:
-    from pipeline.encoder import projected
+    from clipcbm.pipeline.encoder import projected
 
     pixels = normalize_batch(torch.from_numpy(np.stack(crops)), spec).to(device, dtype)
     t = max(len(i) for i in ids_list)
@@ -167,8 +166,7 @@ def _load_pairs(folder: Path):
 
 def run(cfg):
     import pandas as pd
-
-    from pipeline.attribution.maps import load_model
+    from clipcbm.pipeline.attribution.maps import load_model
 
     folder = Path(cfg.input)
     info, pairs = _load_pairs(folder)

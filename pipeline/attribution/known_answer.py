@@ -86,7 +86,7 @@ def tokenize(tokenizer, captions, device="cpu"):
 
 
 def pixels_of(images, spec) -> torch.Tensor:
-    from pipeline.preprocess import normalize_batch
+    from clipcbm.pipeline.preprocess import normalize_batch
 
     return normalize_batch(torch.from_numpy(np.stack(images)), spec)
 
@@ -119,7 +119,7 @@ def train(model, tokenizer, spec, *, steps=600, batch=64, lr=2e-3, seed=0, log=N
 @torch.no_grad()
 def retrieval_accuracy(model, tokenizer, spec, scenes) -> float:
     """Top-1 of each image among the 16 class captions (first template)."""
-    from pipeline.encoder import projected
+    from clipcbm.pipeline.encoder import projected
 
     names = [TEMPLATES[0].format(c, s) for c in COLOURS for s in SHAPES]
     ids, mask = tokenize(tokenizer, names)
@@ -170,9 +170,9 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
 
 def method_maps(name, model, batch, settings, spec, eval_cfg, gen):
     """Image (B, S, S) and text (B, T) maps of one method, and the seconds they took."""
-    from pipeline.attribution.baselines import BASELINE_FNS
-    from pipeline.attribution.bottleneck import attribute_images, attribute_texts
-    from pipeline.attribution.maps import grid_to_crop
+    from clipcbm.pipeline.attribution.baselines import BASELINE_FNS
+    from clipcbm.pipeline.attribution.bottleneck import attribute_images, attribute_texts
+    from clipcbm.pipeline.attribution.maps import grid_to_crop
 
     t0 = time.perf_counter()
     if name == "m2ib":

@@ -19,20 +19,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-
-from core import atomic
-from core.outputs import Ownership, owned_output
-from pipeline.attribution.bottleneck import (
+from clipcbm.core import atomic
+from clipcbm.core.outputs import Ownership, owned_output
+from clipcbm.pipeline.attribution.bottleneck import (
     attribute_images,
     attribute_texts,
     layer_index,
     pair_generators,
 )
-from pipeline.attribution.config import AttributeConfig
-from pipeline.encoder import check_context
-from pipeline.errors import OutputExistsError, PipelineError
-from pipeline.preprocess import PreprocessSpec, crop_uint8, normalize_batch, resized_size
+from clipcbm.pipeline.attribution.config import AttributeConfig
+from clipcbm.pipeline.encoder import check_context
+from clipcbm.pipeline.errors import OutputExistsError, PipelineError
+from clipcbm.pipeline.preprocess import PreprocessSpec, crop_uint8, normalize_batch, resized_size
+from PIL import Image
 
 log = logging.getLogger(__name__)
 DEFAULT_TEMPLATE = "a photo of a {}."
@@ -66,8 +65,8 @@ def load_model(model: str, revision, device: str, dtype: str):
     except ImportError:  # transformers 4.x
         from transformers import CLIPImageProcessor as Processor
 
-    from pipeline.encoder import ClipEncoder, EncoderError
-    from pipeline.hub import pretrained_kwargs
+    from clipcbm.pipeline.encoder import ClipEncoder, EncoderError
+    from clipcbm.pipeline.hub import pretrained_kwargs
 
     enc = ClipEncoder.load(model, device=device, dtype=dtype, revision=revision)
     try:
@@ -165,7 +164,7 @@ def fit_batch(enc, spec: PreprocessSpec, batch: list[Prepared], cfg: AttributeCo
 
 
 def _text_emb(model, ids, mask) -> torch.Tensor:
-    from pipeline.encoder import projected, unit_rows
+    from clipcbm.pipeline.encoder import projected, unit_rows
 
     return unit_rows(projected(model.get_text_features(input_ids=ids, attention_mask=mask)))[0]
 
@@ -183,7 +182,7 @@ def save_pair(folder: Path, p: Prepared, image: np.ndarray, grid, text, pictures
     (folder / "tokens.json").write_text(json.dumps(p.tokens, ensure_ascii=False))
     Image.fromarray(p.crop).save(folder / "input.png")
     if pictures:
-        from pipeline.attribution.render import save_pictures
+        from clipcbm.pipeline.attribution.render import save_pictures
 
         save_pictures(folder, image, heat, p.tokens, text)
 
@@ -214,7 +213,7 @@ def run(cfg: AttributeConfig):
 
 
 def _run(cfg: AttributeConfig):
-    from pipeline.attribution.pairs import collect_pairs, with_cache_model
+    from clipcbm.pipeline.attribution.pairs import collect_pairs, with_cache_model
 
     cfg = with_cache_model(cfg)  # --cache: the cache's model; another one is refused
     out = Path(cfg.out)
@@ -281,7 +280,7 @@ def _plain(v):
 
 
 def _progress(it, on: bool):
-    from core.progress import bar
+    from clipcbm.core.progress import bar
 
     return bar(it, desc="M2IB batches", enabled=on)
 

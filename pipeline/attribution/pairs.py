@@ -11,10 +11,10 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from pipeline.attribution.config import AttributeConfig
-from pipeline.attribution.maps import DEFAULT_TEMPLATE, AttributionInputError, Pair
-from pipeline.datasets.base import open_rgb
-from pipeline.errors import PipelineError
+from clipcbm.pipeline.attribution.config import AttributeConfig
+from clipcbm.pipeline.attribution.maps import DEFAULT_TEMPLATE, AttributionInputError, Pair
+from clipcbm.pipeline.datasets.base import open_rgb
+from clipcbm.pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def with_cache_model(cfg: AttributeConfig) -> AttributeConfig:
     one whose embeddings the cache holds). Without --cache: cfg unchanged."""
     if cfg.cache is None:
         return cfg
-    from cache import open_cache
+    from clipcbm.cache import open_cache
 
     with open_cache(cfg.cache) as cache:
         rec = cache.metadata.get("model")
@@ -94,8 +94,8 @@ def texts_from_csv(path: Path) -> list[str]:
 
 
 def _cache_pairs(cfg: AttributeConfig) -> list[Pair]:
-    from cache import open_cache
-    from pipeline.datasets import build_dataset
+    from clipcbm.cache import open_cache
+    from clipcbm.pipeline.datasets import build_dataset
 
     cache = open_cache(cfg.cache)
     meta = cache.metadata.get("dataset") or {}

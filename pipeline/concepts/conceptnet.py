@@ -31,8 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.progress import bar as progress_bar
-from pipeline.errors import PipelineError
+from clipcbm.core.progress import bar as progress_bar
+from clipcbm.pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 

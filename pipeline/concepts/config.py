@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.config import option, validated
-from core.device import DEVICE_HELP, check_device
-from pipeline.classnames import BUILTIN_LISTS
-from pipeline.config import DEFAULT_CLIP_MODEL
-from pipeline.errors import PipelineConfigError
+from clipcbm.core.config import option, validated
+from clipcbm.core.device import DEVICE_HELP, check_device
+from clipcbm.pipeline.classnames import BUILTIN_LISTS
+from clipcbm.pipeline.config import DEFAULT_CLIP_MODEL
+from clipcbm.pipeline.errors import PipelineConfigError
 
 from .similarity import DEFAULT_SIM_MODEL, SIMILARITIES
 

@@ -32,8 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from core.progress import bar as progress_bar
+from clipcbm.core.progress import bar as progress_bar
 
 from .io import ConceptSet
 

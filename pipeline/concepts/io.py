@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from clipcbm.pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from core.progress import bar as progress_bar
-from pipeline.errors import PipelineError
+from clipcbm.core.progress import bar as progress_bar
+from clipcbm.pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -167,13 +167,12 @@ class HFGenerator:
     def load(
         cls, model_id: str, device: str = "auto", max_new_tokens: int = 256, batch_size: int = 8
     ) -> HFGenerator:
-        from pipeline.hub import pretrained_kwargs
+        from clipcbm.pipeline.hub import pretrained_kwargs
 
         kw = pretrained_kwargs(model_id, flag="--llm /path/to/model")  # offline: fail fast
         import torch
+        from clipcbm.core.device import resolve_device
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from core.device import resolve_device
 
         dev = resolve_device(device)
         dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import OutputExistsError, PipelineError
+from clipcbm.pipeline.errors import OutputExistsError, PipelineError
 
 from .config import ConceptsConfig
 from .filter import RULES, Embed, FilterResult, FilterRules, filter_concepts
@@ -55,7 +55,7 @@ def _planned_paths(config: ConceptsConfig) -> dict[str, Path]:
 
 
 def _resolve_device(device: str) -> str:
-    from core.device import resolve_device
+    from clipcbm.core.device import resolve_device
 
     return str(resolve_device(device))
 

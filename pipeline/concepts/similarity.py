@@ -15,9 +15,8 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-
-from core.progress import is_terminal
-from pipeline.errors import PipelineError
+from clipcbm.core.progress import is_terminal
+from clipcbm.pipeline.errors import PipelineError
 
 from .filter import Embed
 
@@ -52,7 +51,7 @@ def sentence_embedder(
     model_id: str, device: str = "cpu", batch_size: int = 64, progress: bool = False
 ) -> Embed:
     """`SentenceTransformer(model_id)` (hub id or local directory, no remote code) as an Embed."""
-    from pipeline.hub import pretrained_kwargs
+    from clipcbm.pipeline.hub import pretrained_kwargs
 
     # offline: decided before sentence-transformers (and transformers) is even imported
     kw = pretrained_kwargs(model_id, flag="--sim-model /path/to/model")
@@ -83,7 +82,7 @@ def sentence_embedder(
 
 def clip_text_embedder(model_id: str, device: str = "cpu", batch_size: int = 256) -> Embed:
     """Projected, unit-norm CLIP text embeddings from `pipeline.encoder.ClipEncoder`."""
-    from pipeline.encoder import ClipEncoder
+    from clipcbm.pipeline.encoder import ClipEncoder
 
     encoder = ClipEncoder.load(model_id, device=device, dtype="fp32")
 

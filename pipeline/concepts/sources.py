@@ -30,7 +30,7 @@ class Injected:
 
 def load_classes(config: ConceptsConfig) -> list[str]:
     if config.dataset is not None:
-        from pipeline.classnames import builtin_classes
+        from clipcbm.pipeline.classnames import builtin_classes
 
         return builtin_classes(config.dataset)
     return read_class_file(config.classes_file)
