@@ -11,7 +11,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 API = (
-    "open_cache", "fit_head", "load_head", "evaluate", "explain", "compare", "cms_eval",
+    "open_cache", "fit_head", "load_head", "evaluate", "explain", "compare", "cms_eval", "FitHead",
     "FitHeadConfig", "EvaluateConfig", "ExplainConfig", "CompareConfig", "CmsEvalConfig",
 )  # fmt: skip
 __all__ = [*API, "__version__"]

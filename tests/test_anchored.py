@@ -178,12 +178,12 @@ def test_a_start_fitted_on_the_labels_gets_an_out_of_fit_estimate(tmp_path):
     path = make_planted_cache(tmp_path / "p.zarr", n_train=400, n_test=200, n_classes=8,
                               n_concepts=40, noise=2.5, seed=1)  # fmt: skip
     zs = run(FitHeadConfig(cache=path, out=tmp_path / "zs", loss="l1", progress=False))
-    assert zs.metrics["heldout"]["val_in_fit"] is True  # zero-shot start: labels unused
+    assert "cross-validation" in zs.metrics["heldout"]["how"]  # zero-shot start: labels unused
     config = FitHeadConfig(cache=path, out=tmp_path / "prior", loss="l1", fc_init="prior",
                            progress=False)  # fmt: skip
     res = run(config)
     heldout, ff = res.metrics["heldout"], load_head(res.out_dir).config["fit"]["final_fit"]
-    assert heldout["val_in_fit"] is False and "fit rows only" in heldout["how"]
+    assert heldout["val_in_fit"] is True and "fit rows only" in heldout["how"]
     assert heldout["top1"] == ff["fit_rows_only"]["top1"] != ff["cv_top1_per_C"][repr(ff["C"])]
     with open_cache(path) as c:
         n_val = len(load_data(c, config, "cpu").val_idx)

@@ -410,7 +410,7 @@ def heldout_estimate(info: dict, metrics: dict) -> dict:
     cv = info if "cv_top1_per_C" in info else info.get("final_fit")
     en = info.get("elastic_net")
     if cv is not None and en is None and "fit_rows_only" in cv:
-        return {"top1": cv["fit_rows_only"]["top1"], "val_in_fit": False,
+        return {"top1": cv["fit_rows_only"]["top1"], "val_in_fit": True,
                 "how": "validation rows, the chosen C refitted on the fit rows only (the concept "
                 "layer or the start used the fit rows' labels: cross-validation over them is "
                 "optimistic)"}  # fmt: skip
