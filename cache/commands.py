@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from clipcbm.core.cli import fail, reported
+from clipcbm.core.location import as_location, location_str
 
 app = typer.Typer(no_args_is_help=True, help="Inspect and check embedding caches.")
-PathArg = Annotated[Path, typer.Argument(help="Cache directory or .h5 file.")]
+PathArg = Annotated[
+    str, typer.Argument(help="Cache directory, .h5 file, or URL (s3://, gs://, https://, hf://).")
+]
 
 
 def render_info(info: dict) -> str:
     model = info.get("model", {})
+    size = info["bytes_on_disk"]
+    mib = f"{size / 2**20:.1f} MiB" if size is not None else "size unknown"
     lines = [
-        f"path        {info['path']} ({info['storage']}, {info['bytes_on_disk'] / 2**20:.1f} MiB)",
+        f"path        {info['path']} ({info['storage']}, {mib})",
         f"complete    {info.get('complete')}"
         + (f" (in progress, staged in {info['staging']})" if info.get("staging") else ""),
         f"fingerprint {info.get('fingerprint')}",
@@ -45,7 +49,7 @@ def info_cmd(
     """Print a cache's metadata and sizes."""
     from clipcbm.cache import cache_info
 
-    info = reported(lambda: cache_info(path))
+    info = reported(lambda: cache_info(as_location(path)))
     typer.echo(json.dumps(info, indent=2, default=str) if as_json else render_info(info))
 
 
@@ -54,12 +58,48 @@ def verify_cmd(path: PathArg) -> None:
     """Check completeness, shapes, finiteness, unit norms and per-shard checksums."""
     from clipcbm.cache import verify_cache
 
-    problems = reported(lambda: verify_cache(path))
+    problems = reported(lambda: verify_cache(as_location(path)))
     if problems:
         for p in problems:
             typer.secho(f"FAIL {p}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1)
-    typer.echo(f"OK {path}: complete, shapes, finite values, unit norms and checksums verified")
+    where = location_str(as_location(path))
+    typer.echo(f"OK {where}: complete, shapes, finite values, unit norms and checksums verified")
+
+
+def _copy(src: str, dest: str, verify: bool) -> None:
+    from clipcbm.cache.transfer import copy_cache
+
+    r = reported(lambda: copy_cache(as_location(src), as_location(dest), verify=verify))
+    if r.status == "complete":
+        typer.echo(f"OK {r.dest} already holds this cache, complete; nothing copied")
+        return
+    typer.echo(
+        f"OK {r.source} -> {r.dest}: {r.copied} objects copied ({r.bytes_copied / 2**20:.1f} MiB)"
+        + (f", {r.skipped} already there and verified" if r.skipped else "")
+        + "; every object checked on arrival, marked complete"
+    )
+
+
+SrcArg = Annotated[str, typer.Argument(help="A complete zarr cache: path or URL.")]
+DestArg = Annotated[str, typer.Argument(help="Where the copy goes: path or URL (empty, or an "
+                    "unfinished copy of the same cache, which is resumed).")]  # fmt: skip
+CopyVerify = Annotated[
+    bool, typer.Option("--verify/--no-verify", help="Decode every array at the destination and "
+                       "check its recorded per-shard sha256 before marking it complete.")
+]  # fmt: skip
+
+
+@app.command("push")
+def push_cmd(src: SrcArg, dest: DestArg, verify: CopyVerify = True) -> None:
+    """Copy a finished cache to a location (s3://, gs://, hf://, a path); resumable."""
+    _copy(src, dest, verify)
+
+
+@app.command("pull")
+def pull_cmd(src: SrcArg, dest: DestArg, verify: CopyVerify = True) -> None:
+    """Copy a finished cache from a location (s3://, gs://, http(s)://, hf://) here; resumable."""
+    _copy(src, dest, verify)
 
 
 __all__ = ["app", "fail"]

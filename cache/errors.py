@@ -29,3 +29,7 @@ class CacheCorruptError(CacheError):
 
 class CacheWriteError(CacheError):
     """Writing failed (disk full, permissions, I/O error); finished shards are kept."""
+
+
+class RemoteCacheError(CacheError):
+    """A cache at a URL cannot be reached: network, permission, missing bucket or object."""

@@ -18,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+from clipcbm.core.location import Location, as_location, is_remote, redact
 
 from .backend import Backend
 from .errors import CacheCorruptError, CacheError, IncompleteCacheError
@@ -54,12 +55,22 @@ class SplitData:
 class Cache:
     """Read-only handle on an embedding cache (Zarr directory or HDF5 file)."""
 
-    def __init__(self, path: Path, allow_incomplete: bool = False, verify: bool = True):
-        self.path = Path(path)
+    def __init__(
+        self,
+        path: Location,
+        allow_incomplete: bool = False,
+        verify: bool = True,
+        storage_options: dict | None = None,
+        progress: bool | None = None,
+    ):
+        self.location = as_location(path)
+        # what messages and artifacts name: the path, or the URL without credentials
+        self.path = redact(self.location) if is_remote(self.location) else self.location
         self.verify = verify
-        if not self.path.exists():
-            raise _missing(self.path)
-        self._b = Backend(self.path)
+        self.storage_options = storage_options
+        if not is_remote(self.location) and not self.location.exists():
+            raise _missing(self.location)
+        self._b = Backend(self.location, storage_options, progress)
         self.format = self._b.format
         self.metadata = self._b.attrs()
         if self.metadata.get("format") != FORMAT_NAME:
@@ -69,9 +80,10 @@ class Cache:
         if not self.metadata.get("complete") and not allow_incomplete:
             from .verify import progress_note
 
+            note = progress_note(self.location, storage_options)
             raise IncompleteCacheError(
-                f"{self.path} is incomplete ({progress_note(self.path)}; a run was interrupted "
-                "or is still writing). Re-run the same `cli.py embed` command to finish it "
+                f"{self.path} is incomplete ({note}; a run was interrupted or is still writing)."
+                " Re-run the same `cli.py embed` command to finish it "
                 f"(`cli.py cache info {self.path}` shows its progress)."
             )
 
@@ -262,7 +274,18 @@ def _missing(path: Path) -> CacheError:
     )
 
 
-def open_cache(path: str | Path, allow_incomplete: bool = False, verify: bool = True) -> Cache:
-    """Open a cache written by `cli.py embed` (or `write_cache`). `verify=False` skips the
-    per-shard checksum check of every read."""
-    return Cache(Path(path), allow_incomplete=allow_incomplete, verify=verify)
+def open_cache(
+    location: str | Path,
+    allow_incomplete: bool = False,
+    verify: bool = True,
+    storage_options: dict | None = None,
+    progress: bool | None = None,
+) -> Cache:
+    """Open a cache written by `cli.py embed` (or `write_cache`, `cache push`): a local path or
+    a URL (s3://, gs://, http(s)://, hf://; `cache.remote`). `verify=False` skips the per-shard
+    checksum check of every read. `storage_options` go to the fsspec backend (credentials are
+    best left to its environment/config); `progress` (default: for URLs) shows a bar per array."""
+    return Cache(
+        location, allow_incomplete=allow_incomplete, verify=verify,
+        storage_options=storage_options, progress=progress,
+    )  # fmt: skip

@@ -5,19 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from clipcbm.core.location import Location, as_location, is_remote, scheme_of
 
 from .errors import CacheCorruptError, CacheError
 from .layout import TEXT_GROUP, VIEW_ARRAY, ShardPlan, shard_checksum
 from .reader import Cache, open_cache
+from .remote import READ_ONLY_SCHEMES, Tree
 from .writer import PROGRESS_DIR
 
 NORM_TOL = 5e-3  # fp16 storage keeps unit norms to about 1e-3
 
 
-def _disk_bytes(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+def _disk_bytes(location: Location, storage_options: dict | None = None) -> int | None:
+    """Bytes stored (None where the backend cannot list, e.g. a plain http server)."""
+    if isinstance(location, Path) and location.is_file():
+        return location.stat().st_size
+    if scheme_of(location) in READ_ONLY_SCHEMES:
+        return None  # a web server lists no sizes
+    try:
+        return sum(Tree(location, storage_options).files().values())
+    except CacheError:
+        return None
 
 
 def _check_rows(name: str, emb: np.ndarray, ok: np.ndarray) -> list[str]:
@@ -110,12 +118,12 @@ def _check_text(cache: Cache) -> list[str]:
     return problems
 
 
-def verify_cache(path: str | Path) -> list[str]:
+def verify_cache(path: str | Path, storage_options: dict | None = None) -> list[str]:
     """All problems found (empty list = healthy). Checks completeness, shapes, finiteness, unit
     norms, label range and the sha256 of every array per shard; storage errors (a damaged shard
     index, a codec failure, a truncated file) are problems too, never a crash."""
     try:
-        cache = open_cache(path, allow_incomplete=True)
+        cache = open_cache(path, allow_incomplete=True, storage_options=storage_options)
     except CacheError as e:
         return [str(e)]
     with cache:
@@ -134,41 +142,50 @@ def verify_cache(path: str | Path) -> list[str]:
     return problems
 
 
-def _staging(path: Path) -> Path | None:
+def _staging(path: Location) -> Path | None:
     """The resumable staging store of an unfinished HDF5 run, if `path` has one."""
+    if is_remote(path):
+        return None
     staged = path.with_name(path.name + ".partial.zarr")
     return staged if staged.is_dir() else None
 
 
-def _shards_done(store: Path, split: str, attrs: dict) -> int:
+def _shards_done(tree: Tree, split: str, attrs: dict) -> int:
+    """Shards of `split` finished: all of a complete split, else its progress markers."""
     if attrs.get("complete"):
         return int(attrs["num_shards"])
-    marks = store / PROGRESS_DIR / split
-    return len(list(marks.glob("*.json"))) if marks.is_dir() else 0
+    try:
+        marks = tree.files(f"{PROGRESS_DIR}/{split}")
+    except CacheError:
+        return 0
+    return sum(1 for k in marks if k.endswith(".json"))
 
 
-def progress_note(store: Path) -> str:
+def progress_note(store: Location, storage_options: dict | None = None) -> str:
     """'3 / 5 shards done' over every split of an unfinished store, as `cache info` counts
     them ('' when the store cannot be read)."""
     try:
-        cache = open_cache(store, allow_incomplete=True, verify=False)
+        cache = open_cache(store, allow_incomplete=True, verify=False,
+                           storage_options=storage_options, progress=False)  # fmt: skip
+        tree = Tree(as_location(store), storage_options)
     except CacheError:
         return "shards done: unknown"
     with cache:
         attrs = {name: cache.split_attrs(name) for name in cache.splits}
-    done = sum(_shards_done(store, name, a) for name, a in attrs.items())
+    done = sum(_shards_done(tree, name, a) for name, a in attrs.items())
     total = sum(int(a["num_shards"]) for a in attrs.values())
     return f"{done} / {total} shards done"
 
 
-def cache_info(path: str | Path) -> dict:
+def cache_info(path: str | Path, storage_options: dict | None = None) -> dict:
     """Metadata plus sizes: rows per split, shards done / total, failures, bytes on disk. An
     HDF5 run still in progress is described from its staging store."""
-    path = Path(path)
+    path = as_location(path)
     store = path
-    if not path.exists() and _staging(path) is not None:
+    if not is_remote(path) and not path.exists() and _staging(path) is not None:
         store = _staging(path)
-    cache = open_cache(store, allow_incomplete=True)
+    cache = open_cache(store, allow_incomplete=True, storage_options=storage_options)
+    tree = None if cache.format == "hdf5" else Tree(store, storage_options)
     with cache:
         splits = {}
         for name in cache.splits:
@@ -176,7 +193,7 @@ def cache_info(path: str | Path) -> dict:
             splits[name] = {
                 "rows": a["n"],
                 "shards": a["num_shards"],
-                "shards_done": _shards_done(store, name, a),
+                "shards_done": _shards_done(tree, name, a) if tree else a["num_shards"],
                 "complete": a["complete"],
                 "unreadable": len(a.get("failures", [])),
             }
@@ -184,13 +201,13 @@ def cache_info(path: str | Path) -> dict:
         info = {k: v for k, v in cache.metadata.items() if k not in ("identity",)}
         info.update(
             {
-                "path": str(path),
+                "path": str(cache.path) if store == path else str(path),
                 "staging": str(store) if store != path else None,
                 "storage": "hdf5" if store != path else cache.format,
                 "n_concepts": len(cache.concepts) if has_text else None,
                 "n_classes": len(cache.classes) if has_text else None,
                 "split_rows": splits,
-                "bytes_on_disk": _disk_bytes(store),
+                "bytes_on_disk": _disk_bytes(store, storage_options),
             }
         )
     return info

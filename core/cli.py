@@ -24,6 +24,7 @@ from typing import Annotated, Any
 import typer
 from clipcbm.core.config import choices_of, flag_of
 from clipcbm.core.errors import ClipCbmError
+from clipcbm.core.location import as_location
 from clipcbm.core.outputs import locked, output_of
 
 NOISY_LOGGERS = ("httpx", "urllib3", "filelock", "huggingface_hub")
@@ -79,6 +80,8 @@ def _cli_type(f: dataclasses.Field, tp):
         e = _enum("".join(p.title() for p in f.name.split("_")), allowed)
         ann = e | None if optional else e
         return ann, (lambda v: None if v is None else v.value)
+    if set(typing.get_args(base)) == {str, Path}:  # core.location.Location: a path or a URL
+        return (str | None if optional else str), (lambda v: None if v is None else as_location(v))
     if base is Path or base in (str, int, float, bool):
         return (base | None if optional else base), (lambda v: v)
     raise TypeError(f"config field {f.name!r} has type {tp!r}, which the CLI cannot express")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from clipcbm.core.config import option, validated
 from clipcbm.core.device import DEVICE_HELP, check_device
+from clipcbm.core.location import Location, as_location, location_stem, location_str
 from clipcbm.heads.errors import HeadsConfigError
 from clipcbm.heads.options import ALLOW_OVERLAP_HELP, VERIFY_HELP
 
@@ -38,7 +39,8 @@ def _positive(name: str, value, *, allow_zero: bool = False) -> None:
 @validated(HeadsConfigError)
 @dataclass(frozen=True)
 class FitHeadConfig:
-    cache: Path = option(help="Embedding cache (zarr directory or .h5 file written by `embed`).")
+    cache: Location = option(help="Embedding cache written by `embed`: a zarr directory, a .h5 "
+                             "file, or a URL (s3://, gs://, https://, hf://).")  # fmt: skip
     out: Path | None = option(None, "Head directory (default: runs/heads/<cache-stem>-<loss>).")
     loss: str = option("sparse", "CBL loss (l1 | contrastive | sparse), or a baseline.",
                        choices=LOSSES)  # fmt: skip
@@ -119,7 +121,7 @@ class FitHeadConfig:
     allow_overlap: bool = option(False, ALLOW_OVERLAP_HELP)
 
     def __post_init__(self):
-        object.__setattr__(self, "cache", Path(self.cache))
+        object.__setattr__(self, "cache", as_location(self.cache))
         if self.out is not None:
             object.__setattr__(self, "out", Path(self.out))
         for name in ("c_grid", "anchor_c_grid"):
@@ -205,7 +207,7 @@ class FitHeadConfig:
         return (
             self.out
             if self.out is not None
-            else Path("runs/heads") / (f"{self.cache.stem}-{self._run_name()}")
+            else Path("runs/heads") / (f"{location_stem(self.cache)}-{self._run_name()}")
         )
 
     def _run_name(self) -> str:
@@ -216,7 +218,7 @@ class FitHeadConfig:
     def to_json(self) -> dict:
         """JSON-able hyper-parameters (paths as strings)."""
         d = asdict(self)
-        d["cache"] = str(self.cache)
+        d["cache"] = location_str(self.cache)
         d["out"] = str(self.out_dir())
         d["c_grid"], d["anchor_c_grid"] = list(self.c_grid), list(self.anchor_c_grid)
         for name in ("sae", "adapter"):

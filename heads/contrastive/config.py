@@ -8,6 +8,7 @@ from pathlib import Path
 
 from clipcbm.core.config import option, validated
 from clipcbm.core.device import DEVICE_HELP, check_device
+from clipcbm.core.location import Location, as_location, location_stem, location_str
 from clipcbm.heads.errors import HeadsConfigError
 from clipcbm.heads.options import KNN_ALLOW_OVERLAP_HELP, VERIFY_HELP
 
@@ -33,7 +34,8 @@ def _finite_positive(name: str, v) -> None:
 @validated(HeadsConfigError)
 @dataclass(frozen=True)
 class FitAdapterConfig:
-    cache: Path = option(help="Cache with augmented views (`embed --views V --augment simclr`).")
+    cache: Location = option(help="Cache (path or URL) with augmented views (`embed --views V "
+                             "--augment simclr`).")  # fmt: skip
     out: Path | None = option(None, "Adapter directory (default: runs/adapters/<cache-stem>-"
                               "<loss>).")  # fmt: skip
     loss: str = option("debiased-pos", "contrastive (NT-Xent) | debiased-neg (Chuang et al.) | "
@@ -72,7 +74,7 @@ class FitAdapterConfig:
     overwrite: bool = option(False, "Replace an existing non-empty adapter directory.")
 
     def __post_init__(self):
-        object.__setattr__(self, "cache", Path(self.cache))
+        object.__setattr__(self, "cache", as_location(self.cache))
         if self.out is not None:
             object.__setattr__(self, "out", Path(self.out))
         check_device(self.device)
@@ -103,12 +105,12 @@ class FitAdapterConfig:
         return (
             self.out
             if self.out is not None
-            else Path("runs/adapters") / (f"{self.cache.stem}-{self.loss}")
+            else Path("runs/adapters") / (f"{location_stem(self.cache)}-{self.loss}")
         )
 
     def to_json(self) -> dict:
         d = asdict(self)
-        d["cache"] = str(self.cache)
+        d["cache"] = location_str(self.cache)
         d["out"] = str(self.out_dir())
         return d
 
@@ -116,7 +118,7 @@ class FitAdapterConfig:
 @validated(HeadsConfigError)
 @dataclass(frozen=True)
 class KnnEvalConfig:
-    cache: Path = option(help="Embedding cache: the bank is one split, the queries another.")
+    cache: Location = option(help="Embedding cache: the bank is one split, the queries another.")
     adapter: Path | None = option(None, "Adapter directory from `fit-adapter` (default: none, "
                                   "kNN on the raw cached embeddings, the baseline).")  # fmt: skip
     k: int = option(200, "Neighbours per query (at most the bank size: a larger k is refused).")
@@ -131,7 +133,7 @@ class KnnEvalConfig:
     allow_overlap: bool = option(False, KNN_ALLOW_OVERLAP_HELP)
 
     def __post_init__(self):
-        object.__setattr__(self, "cache", Path(self.cache))
+        object.__setattr__(self, "cache", as_location(self.cache))
         for name in ("adapter", "out"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))

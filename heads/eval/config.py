@@ -10,6 +10,7 @@ from pathlib import Path
 
 from clipcbm.core.config import option, validated
 from clipcbm.core.device import DEVICE_HELP, check_device
+from clipcbm.core.location import Location, as_location, location_stem
 from clipcbm.heads.baselines.normalize import NORMALIZE_CHOICES
 from clipcbm.heads.chunks import CHUNK_ROWS
 from clipcbm.heads.errors import HeadsConfigError
@@ -26,7 +27,7 @@ def _positive_int(name: str, value) -> None:
 
 
 def _check_common(cfg) -> None:
-    object.__setattr__(cfg, "cache", Path(cfg.cache))
+    object.__setattr__(cfg, "cache", as_location(cfg.cache))
     if cfg.out is not None:
         object.__setattr__(cfg, "out", Path(cfg.out))
     check_device(cfg.device)
@@ -36,7 +37,7 @@ def _check_common(cfg) -> None:
 @validated(HeadsConfigError)
 @dataclass(frozen=True)
 class CmsEvalConfig:
-    cache: Path = option(help=CACHE_HELP)
+    cache: Location = option(help=CACHE_HELP)
     normalize: str = option("none", NORMALIZE_HELP, choices=NORMALIZE_CHOICES)
     splits: tuple[str, ...] = option(("test",), "Split to evaluate; repeat for more.",
                                      flag="--split")  # fmt: skip
@@ -57,14 +58,14 @@ class CmsEvalConfig:
         _positive_int("top_concepts", self.top_concepts)
 
     def out_dir(self) -> Path:
-        default = Path("runs/cms") / f"{self.cache.stem}-{self.normalize}"
+        default = Path("runs/cms") / f"{location_stem(self.cache)}-{self.normalize}"
         return self.out if self.out is not None else default
 
 
 @validated(HeadsConfigError)
 @dataclass(frozen=True)
 class EvaluateConfig:
-    cache: Path = option(help="The cache the head was fitted on (fingerprint checked).")
+    cache: Location = option(help="The cache the head was fitted on (fingerprint checked).")
     head: Path = option(help="Head directory written by fit-head.")
     split: str = option("test", "Split to evaluate (the official test split by default).")
     out: Path | None = option(None, "Output directory (default: runs/eval/<head-name>).")
@@ -86,7 +87,7 @@ class EvaluateConfig:
 @validated(HeadsConfigError)
 @dataclass(frozen=True)
 class ExplainConfig:
-    cache: Path = option(help=CACHE_HELP)
+    cache: Location = option(help=CACHE_HELP)
     index: int = option(help="Row of the split (0-based, counting every row of the split).")
     head: Path | None = option(None, "cbm head directory (default: explain the CMS prediction).")
     split: str = option("test", "Split the row belongs to.")
@@ -162,7 +163,7 @@ METHODS: dict[str, Method] = {
 @validated(HeadsConfigError)
 @dataclass(frozen=True)
 class CompareConfig:
-    cache: Path = option(help="Embedding cache (zarr directory or .h5 file).")
+    cache: Location = option(help="Embedding cache (zarr directory or .h5 file).")
     out: Path | None = option(None, "Output directory (default: runs/compare/<cache-stem>).")
     methods: tuple[str, ...] = option(tuple(METHODS), "Methods to run (repeat the option).",
                                       choices=lambda: [*METHODS, *RENAMED],
@@ -180,7 +181,7 @@ class CompareConfig:
                                   "probe on its projection.")  # fmt: skip
 
     def __post_init__(self):
-        object.__setattr__(self, "cache", Path(self.cache))
+        object.__setattr__(self, "cache", as_location(self.cache))
         for name in ("sae", "adapter"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
@@ -193,4 +194,5 @@ class CompareConfig:
             raise ValueError(f"methods must be a non-empty subset of {list(METHODS)}: {unknown}")
 
     def out_dir(self) -> Path:
-        return self.out if self.out is not None else Path("runs/compare") / self.cache.stem
+        stem = location_stem(self.cache)
+        return self.out if self.out is not None else Path("runs/compare") / stem

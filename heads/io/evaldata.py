@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from clipcbm.core import atomic
+from clipcbm.core.location import is_remote
 from clipcbm.heads.errors import EvalInputError, OutputExistsError
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,8 @@ def cache_settings(cache) -> dict:
     """The cache a run read, for the settings that claim its results: the fingerprint says what
     it holds, the resolved path and the storage format which copy was read (a zarr cache and its
     .h5 twin share a fingerprint; results of one must not silently become the other's)."""
-    return {"cache": str(Path(cache.path).resolve()), "cache_format": cache.format,
+    where = cache.path if is_remote(cache.path) else str(Path(cache.path).resolve())
+    return {"cache": where, "cache_format": cache.format,
             "cache_fingerprint": cache.fingerprint}  # fmt: skip
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from clipcbm.core.config import option, validated
 from clipcbm.core.device import DEVICE_HELP, check_device
+from clipcbm.core.location import Location, location_stem, location_str
 from clipcbm.heads.chunks import CHUNK_ROWS
 from clipcbm.heads.errors import HeadsConfigError
 from clipcbm.heads.options import VERIFY_HELP
@@ -48,7 +49,7 @@ def _paths(cfg, *names: str) -> None:
 @validated(HeadsConfigError)
 @dataclass(frozen=True)
 class FitSaeConfig:
-    cache: Path = option(help=CACHE_HELP)
+    cache: Location = option(help=CACHE_HELP)
     out: Path | None = option(None, "SAE directory (default: runs/sae/<cache-stem>-x<expansion>"
                               "-k<k>).")  # fmt: skip
     expansion: int = option(8, "Latents per embedding dimension: F = expansion x E.")
@@ -114,12 +115,12 @@ class FitSaeConfig:
         _fraction("val_fraction", self.val_fraction)
 
     def out_dir(self) -> Path:
-        default = Path("runs/sae") / f"{self.cache.stem}-x{self.expansion}-k{self.k}"
+        default = Path("runs/sae") / f"{location_stem(self.cache)}-x{self.expansion}-k{self.k}"
         return self.out if self.out is not None else default
 
     def to_json(self) -> dict:
         d = asdict(self)
-        d.update(cache=str(self.cache), out=str(self.out_dir()),
+        d.update(cache=location_str(self.cache), out=str(self.out_dir()),
                  vocab=str(self.vocab) if self.vocab else None)  # fmt: skip
         return d
 
@@ -128,7 +129,7 @@ class FitSaeConfig:
 @dataclass(frozen=True)
 class SaeEvalConfig:
     sae: Path = option(help="SAE directory written by fit-sae.")
-    cache: Path = option(help="A cache of the SAE's model (model fingerprint checked).")
+    cache: Location = option(help="A cache of the SAE's model (model fingerprint checked).")
     split: str = option("test", "Split to evaluate.")
     head: Path | None = option(None, "Also report this head's accuracy with x̂ in place of x.")
     ks: tuple[int, ...] = option(K_SWEEP, "k values of the sweep (TopK re-applied to the full "
@@ -157,7 +158,7 @@ class SaeEvalConfig:
 @dataclass(frozen=True)
 class SaeInspectConfig:
     sae: Path = option(help="SAE directory written by fit-sae.")
-    cache: Path = option(help="A cache of the SAE's model (model fingerprint checked).")
+    cache: Location = option(help="A cache of the SAE's model (model fingerprint checked).")
     split: str = option("test", "Split whose images are searched.")
     latents: tuple[int, ...] = option((), "Latent(s) to show top-activating images for "
                                       "(repeatable).", flag="--latent")  # fmt: skip

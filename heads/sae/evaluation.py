@@ -16,6 +16,7 @@ import torch
 from clipcbm.cache import open_cache
 from clipcbm.core import atomic
 from clipcbm.core.device import resolve_device
+from clipcbm.core.location import location_name
 from clipcbm.core.progress import bar as progress_bar
 from clipcbm.heads.eval.evaluate import zero_shot_scorer
 from clipcbm.heads.features import TextTensors
@@ -85,6 +86,6 @@ def run_sae_eval(cfg: SaeEvalConfig) -> SaeEvalResult:
             "csv": atomic.write_text(stage / "ksweep.csv", ev.sweep.to_csv(index=False)),
         }
         if len(ev.sweep):
-            title = f"{Path(cfg.sae).name} on {Path(cfg.cache).name}/{cfg.split}"
+            title = f"{Path(cfg.sae).name} on {location_name(cfg.cache)}/{cfg.split}"
             files["png"] = plot_sweep(ev.sweep, sae.k, stage / "ksweep.png", title)
     return SaeEvalResult(out, metrics, ev.sweep, stage.final(files))
