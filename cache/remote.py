@@ -126,7 +126,8 @@ class Tree:
             return bool(self.fs.exists(self._full(rel)))
 
     def files(self, rel: str = "") -> dict[str, int]:
-        """{relative path: size in bytes} of every object under `rel` (empty if none)."""
+        """{path relative to the root: size in bytes} of every object under `rel` (empty if
+        none)."""
         with remote_errors(self.location, rel):
             try:
                 found = self.fs.find(self._full(rel), detail=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from clipcbm.core.location import as_location
 
 from .layout import DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_ROWS, sha256_lines
 from .writer import CacheWriter
@@ -39,10 +40,10 @@ def write_cache(
 ) -> Path:
     """Write a complete cache. Each split: image_emb (N,E), labels (N,), optional ids, ok and
     view_emb (N, V, E) (augmented views; every split must then have them)."""
-    path = Path(path)
+    path = as_location(path)  # a URL: a zarr cache written there (cache.remote)
     if format is not None and format not in ("zarr", "hdf5"):
         raise ValueError(f"format must be 'zarr' or 'hdf5', got {format!r}")
-    if format == "hdf5" and path.suffix.lower() not in (".h5", ".hdf5"):
+    if format == "hdf5" and isinstance(path, Path) and path.suffix.lower() not in (".h5", ".hdf5"):
         path = path.with_suffix(".h5")
     concept_emb, _ = _unit_rows(concept_emb)
     class_emb, _ = _unit_rows(class_emb)

@@ -7,6 +7,12 @@ place, so a killed run re-run with the same command redoes only unmarked shards.
 every marker, moves checksums and failures into attributes, flips `complete`, removes the markers
 and, for HDF5, exports to `<out>.tmp` and renames it over `<out>` — a reader never sees a
 half-written file as complete.
+
+A zarr `--out` may be a URL (s3://, gs://, hf://; `cache.remote`): the same store, written shard
+by shard through zarr's FsspecStore, with the same markers (objects under `.progress/`) and the
+same `complete` flag flipped last. An object store has no rename, so the store is created in
+place and `.progress/created.json` marks its creation finished; a creation killed before it is
+removed and redone by the next run.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from clipcbm.core.location import Location, as_location, is_remote, location_str
 
 from .backend import Backend, encode_h5_attr, format_of
 from .errors import CacheConfigError, CacheError, CacheExistsError, CacheWriteError
@@ -39,6 +46,7 @@ from .layout import (
 )
 
 PROGRESS_DIR = ".progress"
+CREATED = f"{PROGRESS_DIR}/created.json"  # a remote store whose creation finished
 
 
 def _free_bytes(path: Path) -> int | None:
@@ -82,10 +90,10 @@ def _atomic_write_json(path: Path, obj: object) -> None:
         raise
 
 
-def _existing_identity(path: Path) -> dict | None:
+def _existing_identity(path: Location, storage_options: dict | None = None) -> dict | None:
     """Root attributes of a cache (or staging store) at `path`; None if it is not one of ours."""
     try:
-        attrs = Backend(path).attrs()
+        attrs = Backend(path, storage_options, progress=False).attrs()
     except CacheError:
         return None
     return attrs if attrs.get("format") == FORMAT_NAME else None
@@ -111,7 +119,7 @@ class CacheWriter:
 
     def __init__(
         self,
-        path: Path,
+        path: Location,
         *,
         identity: dict,
         metadata: dict,
@@ -120,6 +128,7 @@ class CacheWriter:
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         shard_rows: int = DEFAULT_SHARD_ROWS,
         views: int = 0,
+        storage_options: dict | None = None,
     ):
         if views < 0:
             raise ValueError(f"views must be >= 0, got {views}")
@@ -127,8 +136,15 @@ class CacheWriter:
             raise ValueError(
                 f"shard_rows={shard_rows} must be a multiple of chunk_rows={chunk_rows}"
             )
-        self.path = Path(path)
+        self.path = as_location(path)
         self.format = format_of(self.path)
+        self.remote = is_remote(self.path)
+        self.storage_options = storage_options
+        if self.remote and self.format == "hdf5":
+            raise CacheConfigError(
+                f"--out {location_str(self.path)}: an HDF5 cache is one local file; write a zarr "
+                "cache to a URL (no .h5 suffix), or an .h5 to a local path"
+            )
         self.store_path = (
             self.path
             if self.format == "zarr"
@@ -143,10 +159,17 @@ class CacheWriter:
         self.shard_rows = shard_rows
         self.views = views  # augmented views per image stored in /{split}/view_emb (0: none)
         self._group = None
+        self._tree = None
+        if self.remote:
+            from .remote import Tree
+
+            self._tree = Tree(self.path, storage_options)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def prepare(self, overwrite: bool = False) -> str:
         """Returns 'complete' (nothing to do), 'resume' or 'new'. Run on one process only."""
+        if self.remote:
+            return self._prepare_remote(overwrite)
         self._check_out_path()
         stale = self.path.with_name(self.path.name + ".tmp")
         if self.format == "hdf5" and stale.is_file():
@@ -189,10 +212,79 @@ class CacheWriter:
         if self.format == "zarr" and empty_dir:
             self.path.rmdir()  # an empty directory is a fresh output: _create renames into it
 
+    def _prepare_remote(self, overwrite: bool) -> str:
+        """prepare() for a URL: the same decisions, read from the objects under it."""
+        tree, where = self._tree, location_str(self.path)
+        final = _existing_identity(self.path, self.storage_options) if tree.exists(
+            "zarr.json") else None  # fmt: skip
+        if self._same(final) and final.get("complete") and not overwrite:
+            return "complete"
+        if self._same(final) and not overwrite and tree.exists(CREATED):
+            self.attach()
+            return "resume"
+        if final is None and tree.files():
+            raise CacheExistsError(
+                f"{where} holds objects that are not an embedding cache; refusing to write there "
+                "(even with --overwrite). Choose another --out."
+            )
+        if final is not None and not self._same(final) and not overwrite:
+            self._refuse_or_remove(self.path, final, overwrite)
+        tree.remove("")  # ours: a different cache under --overwrite, or a creation killed early
+        with self._io("a new cache"):
+            self._create_remote()
+        return "new"
+
+    def _create_remote(self) -> None:
+        import zarr
+
+        from .remote import open_store
+
+        store = open_store(str(self.path), self.storage_options, read_only=False)
+        group = zarr.open_group(store, mode="w-", zarr_format=3)
+        group.attrs.update(self._root_attrs())
+        for split, plan in self.plans.items():
+            self._create_split(group, split, plan)
+        self._put_mark(CREATED, {"done": True})
+        self._group = group
+
+    def _io(self, what: str, need_bytes: int | None = None):
+        """The error mapping of a write: the disk's for a path, the backend's for a URL."""
+        if self.remote:
+            from .remote import remote_errors
+
+            return remote_errors(self.path, what)
+        return disk_errors(self.store_path, what, need_bytes)
+
+    # markers: files under .progress/ for a path, objects under it for a URL
+    def _has_mark(self, rel: str) -> bool:
+        return self._tree.exists(rel) if self.remote else (self.store_path / rel).exists()
+
+    def _put_mark(self, rel: str, obj: object) -> None:
+        if self.remote:  # one PUT: an object appears whole or not at all
+            self._tree.write(rel, json.dumps(obj, sort_keys=True).encode("utf-8"))
+        else:
+            _atomic_write_json(self.store_path / rel, obj)
+
+    def _get_mark(self, rel: str) -> dict:
+        raw = self._tree.read(rel) if self.remote else (self.store_path / rel).read_bytes()
+        return json.loads(raw)
+
+    def _drop_marks(self) -> None:
+        if self.remote:
+            self._tree.remove(PROGRESS_DIR)
+        else:
+            shutil.rmtree(self.store_path / PROGRESS_DIR)
+
     def attach(self) -> None:
         import zarr
 
-        group = zarr.open_group(str(self.store_path), mode="r+")
+        if self.remote:
+            from .remote import open_store
+
+            store = open_store(str(self.path), self.storage_options, read_only=False)
+            group = zarr.open_group(store, mode="r+", zarr_format=3)
+        else:
+            group = zarr.open_group(str(self.store_path), mode="r+")
         if group.attrs.get("fingerprint") != self.fingerprint:
             raise CacheExistsError(
                 f"{self.store_path} belongs to a different run (fingerprint differs)"
@@ -216,8 +308,8 @@ class CacheWriter:
         elif path.exists():
             what = "something that is not an embedding cache"
         raise CacheExistsError(
-            f"{path} already holds {what}{diff}. Pass --overwrite to replace it, or choose "
-            "another --out."
+            f"{location_str(path)} already holds {what}{diff}. Pass --overwrite to replace it, or "
+            "choose another --out."
         )
 
     def _creating(self) -> Path:
@@ -233,7 +325,14 @@ class CacheWriter:
         if tmp.exists():
             shutil.rmtree(tmp)  # a creation killed half-way: ours by name, nothing finished
         group = zarr.open_group(str(tmp), mode="w-")
-        attrs = {
+        group.attrs.update(self._root_attrs())
+        for split, plan in self.plans.items():
+            self._create_split(group, split, plan)
+        os.replace(tmp, self.store_path)
+        self._group = zarr.open_group(str(self.store_path), mode="r+")
+
+    def _root_attrs(self) -> dict:
+        return {
             **self.metadata,
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -244,11 +343,6 @@ class CacheWriter:
             "views": self.views,
             "complete": False,
         }
-        group.attrs.update(attrs)
-        for split, plan in self.plans.items():
-            self._create_split(group, split, plan)
-        os.replace(tmp, self.store_path)
-        self._group = zarr.open_group(str(self.store_path), mode="r+")
 
     def _create_split(self, group, split: str, plan: ShardPlan) -> None:
         g = group.create_group(split)
@@ -300,12 +394,15 @@ class CacheWriter:
         )
 
     # -- work --------------------------------------------------------------------------------
-    def _marker(self, split: str, shard: int) -> Path:
-        return self.store_path / PROGRESS_DIR / split / f"{shard:06d}.json"
+    def _marker(self, split: str, shard: int) -> str:
+        return f"{PROGRESS_DIR}/{split}/{shard:06d}.json"
 
     def pending_shards(self, split: str, rank: int = 0, world: int = 1) -> list[int]:
         plan = self.plans[split]
-        return [s for s in plan.owned_by(rank, world) if not self._marker(split, s).exists()]
+        if self.remote:  # one listing, not a request per shard
+            done = set(self._tree.files(f"{PROGRESS_DIR}/{split}"))
+            return [s for s in plan.owned_by(rank, world) if self._marker(split, s) not in done]
+        return [s for s in plan.owned_by(rank, world) if not self._has_mark(self._marker(split, s))]
 
     def write_shard(
         self,
@@ -349,15 +446,15 @@ class CacheWriter:
                     f"{split}/{name}: shard {shard} needs {len(rows)} rows, got {arr.shape[0]}"
                 )
         need = sum(a.nbytes for a in arrays.values())
-        with disk_errors(self.store_path, f"{split} shard {shard}", need):
+        with self._io(f"{split} shard {shard}", need):
             for name, arr in arrays.items():
                 self._group[f"{split}/{name}"][sl] = arr
         checksum = shard_checksum(
             arrays["image_emb"], arrays["norms"], arrays["labels"], arrays["ids"], arrays["ok"]
         )
         sums = {name: array_checksum(name, arr) for name, arr in arrays.items()}
-        with disk_errors(self.store_path, f"the marker of {split} shard {shard}"):
-            _atomic_write_json(
+        with self._io(f"the marker of {split} shard {shard}"):
+            self._put_mark(
                 self._marker(split, shard),
                 {"checksum": checksum, "arrays": sums, "failures": failures or []},
             )
@@ -365,7 +462,7 @@ class CacheWriter:
     def write_text(
         self, *, concept_emb, class_emb, concepts, classes, templates, concept_classes=None
     ) -> None:
-        with disk_errors(self.store_path, "the text embeddings"):
+        with self._io("the text embeddings"):
             self._write_text(concept_emb, class_emb, concepts, classes, templates, concept_classes)
 
     def _write_text(self, concept_emb, class_emb, concepts, classes, templates, concept_classes):
@@ -396,10 +493,10 @@ class CacheWriter:
             for name in ("concept_emb", "class_emb", "concepts", "classes", "templates",
                          "concept_classes")
         }  # fmt: skip
-        _atomic_write_json(self.store_path / PROGRESS_DIR / "text.json", {"done": True})
+        self._put_mark(f"{PROGRESS_DIR}/text.json", {"done": True})
 
     def text_done(self) -> bool:
-        return (self.store_path / PROGRESS_DIR / "text.json").exists()
+        return self._has_mark(f"{PROGRESS_DIR}/text.json")
 
     # -- finish ------------------------------------------------------------------------------
     def finalize(self, extra_metadata: dict | None = None) -> Path:
@@ -407,11 +504,11 @@ class CacheWriter:
         missing = [f"{s}/{k}" for s in self.plans for k in self.pending_shards(s)]
         if missing or not self.text_done():
             raise CacheError(
-                f"cannot finalize {self.path}: unfinished shards {missing[:10]}"
+                f"cannot finalize {location_str(self.path)}: unfinished shards {missing[:10]}"
                 + ("" if self.text_done() else " and text embeddings")
             )
         for split, plan in self.plans.items():
-            marks = [json.loads(self._marker(split, s).read_text()) for s in range(plan.num_shards)]
+            marks = [self._get_mark(self._marker(split, s)) for s in range(plan.num_shards)]
             names = sorted(marks[0]["arrays"]) if marks else []
             self._group[split].attrs.update(
                 {
@@ -424,7 +521,7 @@ class CacheWriter:
         self._group.attrs.update(
             {**(extra_metadata or {}), "overlap": self._overlaps(), "complete": True}
         )
-        shutil.rmtree(self.store_path / PROGRESS_DIR)
+        self._drop_marks()
         if self.format == "hdf5":
             need = _tree_bytes(self.store_path)
             with disk_errors(self.path, "the HDF5 export", need):

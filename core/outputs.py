@@ -23,16 +23,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from clipcbm.core.errors import ClipCbmError
+from clipcbm.core.location import is_remote, redact
 
 
 class OutputBusyError(ClipCbmError):
@@ -287,7 +290,17 @@ def output_of(config) -> Path | None:
     """The output a command config writes: `out_dir()` where it has one, else a path `out`."""
     out_dir = getattr(config, "out_dir", None)
     out = out_dir() if callable(out_dir) else getattr(config, "out", None)
-    return Path(out) if isinstance(out, str | os.PathLike) and str(out) else None
+    return lock_target(out) if isinstance(out, str | os.PathLike) and str(out) else None
+
+
+def lock_target(out) -> Path:
+    """What `locked` locks for `out`: the path itself, or for a URL (`embed --out s3://...`) a
+    stand-in under the temporary directory named by the URL's hash — one writer per URL on
+    this machine (an object store has no advisory locks)."""
+    if not is_remote(str(out)):
+        return Path(out)
+    key = hashlib.sha256(redact(str(out)).encode("utf-8")).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "clipcbm-remote-outputs" / key
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from pathlib import Path
 from clipcbm.cache.backend import format_of
 from clipcbm.core.config import option, validated
 from clipcbm.core.device import DEVICE_HELP, check_device
+from clipcbm.core.location import Location, as_location
 from clipcbm.pipeline.augment import AUGMENTS
 from clipcbm.pipeline.concept_sets import builtin_concepts
 from clipcbm.pipeline.datasets import DATASETS
@@ -27,7 +28,9 @@ FORMATS = ("zarr", "hdf5")
 class EmbedConfig:
     dataset: str = option(help="Dataset reader.", choices=lambda: sorted(DATASETS))
     root: Path = option(help="Dataset root (for csv: the path,label manifest).")
-    out: Path = option(help="Cache path: a directory (zarr) or a .h5 file (hdf5).")
+    out: Location = option(help="Cache path: a directory (zarr) or a .h5 file (hdf5); or a URL "
+                           "(s3://, gs://, hf://) for a zarr cache written there shard by "
+                           "shard.")  # fmt: skip
     concepts: Path | None = option(None, "Concept list: .txt (one per line) or the CSV of "
                                    "`concepts`; default: the built-in set of cifar10, "
                                    "cifar100, cub200, places365, imagenet (SparseCBM's "
@@ -67,7 +70,8 @@ class EmbedConfig:
     extra: dict = option(default_factory=dict, compare=False, cli=False)  # notes kept in metadata
 
     def __post_init__(self) -> None:
-        if self.format and self.format != format_of(Path(self.out)):
+        object.__setattr__(self, "out", as_location(self.out))
+        if self.format and self.format != format_of(self.out):
             hint = (
                 "a path ending in .h5" if self.format == "hdf5" else "a directory path (e.g. .zarr)"
             )

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from clipcbm.cache import CacheWriter, sha256_lines
 from clipcbm.core.device import resolve_device
-from clipcbm.core.outputs import check_output_path, locked
+from clipcbm.core.location import Location, is_remote, location_str
+from clipcbm.core.outputs import check_output_path, lock_target, locked
 from clipcbm.core.progress import bar as progress_bar
 from torch.utils.data import DataLoader, Dataset
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EmbedResult:
-    path: Path
+    path: Location  # a Path, or the --out URL
     status: str  # "complete" (nothing to do) | "new" | "resume"
     rows: dict[str, int]
     unreadable: dict[str, int]
@@ -282,7 +283,8 @@ def run(cfg: EmbedConfig) -> EmbedResult:
     """Embed every split of `cfg.dataset` into `cfg.out`; resumes an interrupted run. One run
     per output: the output is locked for the run (core.outputs; under torchrun rank 0 holds the
     lock for the job), so a second run on the same --out exits 2 naming the holder."""
-    with locked(check_output_path(cfg.out)):
+    target = lock_target(cfg.out)  # a URL: a local stand-in (core.outputs)
+    with locked(target if is_remote(cfg.out) else check_output_path(cfg.out)):
         dist = DistContext.from_env()
         device = dist.device_for(resolve_device(cfg.device))
         dist.init(device)
@@ -306,7 +308,7 @@ def _run(cfg: EmbedConfig, dist: DistContext, device: torch.device) -> EmbedResu
     identity, metadata = _describe(cfg, datasets, concepts, templates, model, spec, dtype)
     metadata["device"] = {"requested": cfg.device, "resolved": str(device), "world": dist.world}
     writer = CacheWriter(
-        Path(cfg.out),
+        cfg.out,
         identity=identity,
         metadata=metadata,
         split_sizes={s: len(d) for s, d in datasets.items()},
@@ -318,14 +320,15 @@ def _run(cfg: EmbedConfig, dist: DistContext, device: torch.device) -> EmbedResu
     status = dist.broadcast(writer.prepare(cfg.overwrite) if dist.is_main else None)
     rows = {s: len(d) for s, d in datasets.items()}
     if status == "complete":
-        log.info("%s is already complete with the same inputs: nothing to do", cfg.out)
-        return EmbedResult(Path(cfg.out), status, rows, {}, time.perf_counter() - t0, 0.0)
+        log.info("%s is already complete with the same inputs: nothing to do",
+                 location_str(cfg.out))  # fmt: skip
+        return EmbedResult(cfg.out, status, rows, {}, time.perf_counter() - t0, 0.0)
     if not dist.is_main:
         writer.attach()
     log.info(
         "%s cache at %s (device %s, %s, rank %d/%d)",
         "resuming" if status == "resume" else "writing",
-        cfg.out,
+        location_str(cfg.out),
         device,
         str(dtype).split(".")[-1],
         dist.rank,
@@ -371,4 +374,4 @@ def _run(cfg: EmbedConfig, dist: DistContext, device: torch.device) -> EmbedResu
 
         with open_cache(cfg.out) as c:
             unreadable = {s: len(c.split_attrs(s).get("failures", [])) for s in c.splits}
-    return EmbedResult(Path(cfg.out), status, rows, unreadable, time.perf_counter() - t0, rate)
+    return EmbedResult(cfg.out, status, rows, unreadable, time.perf_counter() - t0, rate)

@@ -303,3 +303,63 @@ def test_unknown_scheme_names_the_extra(monkeypatch):
 def test_remote_hdf5_is_refused(s3):
     with pytest.raises(CacheError, match="HDF5 caches are read from a local file only"):
         open_cache(f"s3://{BUCKET}/c.h5")
+
+
+# -- writing to a URL: write_cache and `embed --out s3://` ------------------------------------
+def test_write_cache_to_s3_shard_by_shard_resumes(s3, monkeypatch):
+    from clipcbm.cache import CacheWriter, write_cache
+
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(24, 8)).astype(np.float32)
+    kw = dict(splits={"train": {"image_emb": emb, "labels": np.arange(24) % 2}},
+              concepts=["a", "b"], classes=["x", "y"], concept_emb=emb[:2], class_emb=emb[2:4],
+              chunk_rows=4, shard_rows=4)  # fmt: skip
+    url = _fresh(s3, "written.zarr")
+    real, calls = CacheWriter.write_shard, []
+
+    def dies_at_the_fourth(self, split, shard, **arrays):
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        calls.append(shard)
+        return real(self, split, shard, **arrays)
+
+    monkeypatch.setattr(CacheWriter, "write_shard", dies_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        write_cache(url, **kw)
+    monkeypatch.setattr(CacheWriter, "write_shard", real)
+    s3.invalidate_cache()
+    with pytest.raises(IncompleteCacheError, match="3 / 6 shards done"):
+        open_cache(url)
+    resumed = []
+    monkeypatch.setattr(CacheWriter, "write_shard",
+                        lambda self, split, shard, **a: resumed.append(shard) or real(
+                            self, split, shard, **a))  # fmt: skip
+    write_cache(url, **kw)
+    assert resumed == [3, 4, 5]  # only the shards without a marker
+    s3.invalidate_cache()
+    assert verify_cache(url) == []
+    assert not Tree(url).files(".progress")
+    with open_cache(url) as c:
+        np.testing.assert_array_equal(c.split("train").labels, np.arange(24) % 2)
+
+
+def test_embed_out_s3_equals_local_embed(s3, tiny_clip_dir, tmp_path):
+    from tests import _dataset_factories as fx
+
+    root = fx.make_cifar10(tmp_path / "data", n_train=6, n_test=3)
+    concepts = tmp_path / "concepts.txt"
+    concepts.write_text("red fur\nwings\n")
+    url, local_out = _fresh(s3, "embedded.zarr"), tmp_path / "embedded.zarr"
+    for out in (local_out, url):
+        r = runner.invoke(app, ["embed", "--dataset", "cifar10", "--root", str(root), "--out",
+                                str(out), "--concepts", str(concepts), "--model",
+                                str(tiny_clip_dir), "--device", "cpu", "--workers", "0",
+                                "--batch-size", "4", "--no-progress", "--shard-rows", "4",
+                                "--chunk-rows", "2"])  # fmt: skip
+        assert r.exit_code == 0, r.output + repr(r.exception)
+    s3.invalidate_cache()
+    assert verify_cache(url) == []
+    with open_cache(url) as a, open_cache(local_out) as b:
+        assert a.fingerprint == b.fingerprint
+        for split in b.splits:
+            np.testing.assert_array_equal(a.split(split).image_emb, b.split(split).image_emb)
