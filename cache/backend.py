@@ -116,26 +116,41 @@ class Backend:
             "`embed --out` wrote"
         )
 
+    def _node(self, name: str):
+        """`self._root[name]`; at a URL a network error is one line naming the object (a
+        KeyError — no such node — passes through)."""
+        if not self.remote:
+            return self._root[name]
+        from .remote import remote_errors
+
+        try:
+            with remote_errors(self.location, name):
+                return self._root[name]
+        except RemoteCacheError as e:
+            if isinstance(e.__context__, KeyError):
+                raise e.__context__ from None
+            raise
+
     def attrs(self, group: str = "") -> dict:
-        node = self._root[group] if group else self._root
+        node = self._node(group) if group else self._root
         if self.format == "hdf5":
             return {k: decode_h5_attr(v) for k, v in node.attrs.items()}
         return dict(node.attrs)
 
     def has(self, name: str) -> bool:
         try:
-            self._root[name]
+            self._node(name)
         except KeyError:
             return False
         return True
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._root[name].shape)
+        return tuple(self._node(name).shape)
 
     def read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
         """Whole array (or a row range) in one call: single-row reads cost milliseconds."""
         try:
-            node = self._root[name]
+            node = self._node(name)
         except KeyError as e:
             raise CacheError(f"{self.path} has no array '{name}': not a complete cache") from e
         if self.remote:

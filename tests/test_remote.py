@@ -25,7 +25,13 @@ from typer.testing import CliRunner
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
-from clipcbm.cache import CacheCorruptError, CacheError, open_cache, verify_cache  # noqa: E402
+from clipcbm.cache import (  # noqa: E402
+    CacheCorruptError,
+    CacheError,
+    CacheExistsError,
+    open_cache,
+    verify_cache,
+)
 from clipcbm.cache.errors import IncompleteCacheError, RemoteCacheError  # noqa: E402
 from clipcbm.cache.planted import make_planted_cache  # noqa: E402
 from clipcbm.cache.remote import MissingBackendError, Tree  # noqa: E402
@@ -229,6 +235,18 @@ def test_flipped_byte_in_bucket_is_refused(s3, local):
         copy_cache(url, _fresh(s3, "copy-of-flipped.zarr"), progress=False)
 
 
+def test_push_over_something_else_is_refused(s3, local, tmp_path):
+    url = _fresh(s3, "occupied")
+    s3.pipe_file(f"{BUCKET}/occupied/notes.txt", b"not a cache")
+    with pytest.raises(CacheExistsError, match="is not empty"):
+        copy_cache(local, url, progress=False)
+    other = make_planted_cache(tmp_path / "other.zarr", seed=4)
+    url = _fresh(s3, "other.zarr")
+    copy_cache(other, url, progress=False)
+    with pytest.raises(CacheExistsError, match="already holds a different cache"):
+        copy_cache(local, url, progress=False)
+
+
 def test_incomplete_source_is_refused(s3, local, tmp_path):
     from clipcbm.cache import CacheWriter
 
@@ -264,6 +282,21 @@ def test_stage_two_reads_http(web, local, tmp_path):
     r = runner.invoke(app, ["fit-head", "--cache", url, "--out", str(out), "--loss", "probe",
                             "--no-progress", "--device", "cpu"])  # fmt: skip
     assert r.exit_code == 0, r.output
+
+
+def test_server_gone_mid_read_is_one_line_naming_the_object(local):
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler,
+                                            directory=str(local.parent)))  # fmt: skip
+    server.RequestHandlerClass.log_message = lambda *a: None
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{local.name}"
+    cache = open_cache(url)
+    server.shutdown()
+    server.server_close()
+    with pytest.raises(RemoteCacheError, match=r"cannot reach http://127\.0\.0\.1:\d+/planted\.zarr"
+                       r" while reading train"):  # fmt: skip
+        cache.split("train")
 
 
 def test_push_to_http_is_refused(web, local):
