@@ -68,6 +68,9 @@ def _enum(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
 
 def _cli_type(f: dataclasses.Field, tp):
     """(annotation typer understands, converter back to the config's value)."""
+    if set(typing.get_args(tp)) - {type(None)} == {str, Path}:  # core.location.Location
+        optional = type(None) in typing.get_args(tp)
+        return (str | None if optional else str), (lambda v: None if v is None else as_location(v))
     base, optional = _strip_optional(tp)
     allowed = choices_of(f)
     if typing.get_origin(base) is tuple:  # tuple[X, ...] -> repeatable option
@@ -80,8 +83,6 @@ def _cli_type(f: dataclasses.Field, tp):
         e = _enum("".join(p.title() for p in f.name.split("_")), allowed)
         ann = e | None if optional else e
         return ann, (lambda v: None if v is None else v.value)
-    if set(typing.get_args(base)) == {str, Path}:  # core.location.Location: a path or a URL
-        return (str | None if optional else str), (lambda v: None if v is None else as_location(v))
     if base is Path or base in (str, int, float, bool):
         return (base | None if optional else base), (lambda v: v)
     raise TypeError(f"config field {f.name!r} has type {tp!r}, which the CLI cannot express")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from clipcbm.core.config import option, validated
 from clipcbm.core.device import DEVICE_HELP, check_device
+from clipcbm.core.location import Location, as_location, location_str
 from clipcbm.pipeline.config import DEFAULT_CLIP_MODEL, DTYPE_TORCH_NAMES
 from clipcbm.pipeline.errors import PipelineConfigError
 
@@ -56,7 +57,8 @@ class AttributeConfig:
     text_from: str | None = option(None, "'class' (the cache row's class in the cache's first "
                                    "template) or a CSV with a 'concept' or 'text' column "
                                    "(e.g. explain's CSV): one pair per row.")  # fmt: skip
-    cache: Path | None = option(None, "Embedding cache whose dataset images to explain.")
+    cache: Location | None = option(None, "Embedding cache (path or URL) whose dataset images "
+                                    "to explain.")  # fmt: skip
     split: str = option("test", "--cache: the split to read.")
     limit: int = option(200, "--cache: first N readable rows of the split.")
     allow_model_mismatch: bool = option(False, "--cache: explain its images with a --model (or "
@@ -85,10 +87,12 @@ class AttributeConfig:
 
     def __post_init__(self) -> None:
         check_device(self.device)
+        if self.cache is not None:
+            object.__setattr__(self, "cache", as_location(self.cache))
         if (self.image is None) == (self.cache is None):
             raise ValueError(
                 f"give exactly one of --image and --cache, got image={self.image}, "
-                f"cache={self.cache}"
+                f"cache={location_str(self.cache) if self.cache is not None else None}"
             )
         if (self.text is None) == (self.text_from is None):
             raise ValueError(

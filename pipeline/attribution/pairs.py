@@ -48,15 +48,16 @@ def with_cache_model(cfg: AttributeConfig) -> AttributeConfig:
 
     with open_cache(cfg.cache) as cache:
         rec = cache.metadata.get("model")
+        name = cache.path  # a URL without its credentials
     rec = rec if isinstance(rec, dict) else {"id": rec}
     rec_id, rec_rev = rec.get("id"), rec.get("revision")
     if not rec_id:
         if cfg.model is None:
             raise AttributionInputError(
-                f"cache {cfg.cache} does not record the model it was embedded with; pass "
+                f"cache {name} does not record the model it was embedded with; pass "
                 "--model (the CLIP that embedded it)"
             )
-        log.warning("cache %s records no model: cannot check that it is %s", cfg.cache, cfg.model)
+        log.warning("cache %s records no model: cannot check that it is %s", name, cfg.model)
         return cfg
     model = cfg.model if cfg.model is not None else rec_id
     revision = cfg.revision if cfg.revision is not None else rec_rev
@@ -65,12 +66,12 @@ def with_cache_model(cfg: AttributeConfig) -> AttributeConfig:
         recorded = str(rec_id) + (f" (revision {rec_rev})" if rec_rev else "")
         if not cfg.allow_model_mismatch:
             raise ModelMismatchError(
-                f"{given} is not the model cache {cfg.cache} was embedded with: {recorded}. "
+                f"{given} is not the model cache {name} was embedded with: {recorded}. "
                 "Leave out --model / --revision to use the cache's model, or pass "
                 f"--allow-model-mismatch to explain its images with {model} anyway"
             )
         log.warning("explaining the images of cache %s (embedded with %s) with %s, as asked",
-                    cfg.cache, recorded, given)  # fmt: skip
+                    name, recorded, given)  # fmt: skip
     return dataclasses.replace(cfg, model=model, revision=revision)
 
 
@@ -101,7 +102,7 @@ def _cache_pairs(cfg: AttributeConfig) -> list[Pair]:
     meta = cache.metadata.get("dataset") or {}
     if "name" not in meta or "root" not in meta:
         raise AttributionInputError(
-            f"{cfg.cache} does not record its dataset (metadata dataset.name / dataset.root); "
+            f"{cache.path} does not record its dataset (metadata dataset.name / dataset.root); "
             "explain its images with --image instead"
         )
     split = cache.split(cfg.split).valid()
@@ -119,7 +120,7 @@ def _cache_pairs(cfg: AttributeConfig) -> list[Pair]:
                 f"{cfg.split!r}: the dataset changed since the cache was written"
             )
         text = template.format(classes[int(label)]) if cfg.text_from == "class" else cfg.text
-        pairs.append(Pair(ds.load(k), f"{cfg.cache}:{cfg.split}:{row_id}", text))
+        pairs.append(Pair(ds.load(k), f"{cache.path}:{cfg.split}:{row_id}", text))
     return pairs
 
 
