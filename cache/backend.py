@@ -178,15 +178,15 @@ class Backend:
             b = min(a + step, hi)
             try:
                 parts.append(node[a:b])
-            except (OSError, TimeoutError) as e:
-                from .remote import _describe
+            except Exception as e:
+                from .remote import _describe, is_network_error
 
+                if not is_network_error(e):  # a codec error: the object is damaged
+                    raise CacheCorruptError(self._damage(name, node, a, b, e)) from e
                 raise RemoteCacheError(
                     f"cannot read {self.file_of(name, a)} (array '{name}', shard {a // step}, "
                     f"rows {a}..{b - 1}): {_describe(e)}. Re-run when the network is back."
                 ) from None
-            except Exception as e:  # a codec error: the object is damaged
-                raise CacheCorruptError(self._damage(name, node, a, b, e)) from e
         if not parts:
             return node[lo:hi]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)

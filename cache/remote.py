@@ -43,6 +43,24 @@ def _missing_backend(location: Location, error: Exception) -> MissingBackendErro
     )
 
 
+# where the backends' own exception types live (botocore's EndpointConnectionError, aiohttp's
+# ClientError, huggingface_hub's HfHubHTTPError are not all OSErrors)
+NETWORK_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "google", "httpx",
+                   "huggingface_hub", "requests", "urllib3",
+                   "fsspec.implementations.http")  # fmt: skip
+
+
+def is_network_error(error: BaseException) -> bool:
+    """Did reading fail on the way (network, permission, timeout) rather than in decoding?"""
+    seen = error
+    while seen is not None:
+        module = type(seen).__module__ or ""
+        if isinstance(seen, OSError | TimeoutError) or module.startswith(NETWORK_MODULES):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _describe(error: BaseException) -> str:
     """A library error as one short line, credentials removed."""
     text = " ".join(str(error).split())[:160] or type(error).__name__

@@ -299,6 +299,27 @@ def test_server_gone_mid_read_is_one_line_naming_the_object(local):
         cache.split("train")
 
 
+def test_network_error_on_a_shard_names_it(pushed, monkeypatch):
+    from zarr.storage import FsspecStore
+
+    class EndpointConnectionError(Exception):  # botocore's: not an OSError
+        __module__ = "botocore.exceptions"
+
+    real = FsspecStore.get
+
+    async def flaky(self, key, *args, **kwargs):
+        if key.startswith("train/image_emb/c/"):
+            raise EndpointConnectionError("Could not connect to the endpoint URL")
+        return await real(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(FsspecStore, "get", flaky)
+    with open_cache(pushed) as c, pytest.raises(
+        RemoteCacheError, match=r"cannot read s3://caches/runs/planted.zarr/train/image_emb/c/0/0 "
+        r"\(array 'train/image_emb', shard 0, rows 0..599\): EndpointConnectionError"
+    ):  # fmt: skip
+        c.split("train")
+
+
 def test_push_to_http_is_refused(web, local):
     r = runner.invoke(app, ["cache", "push", str(local), f"{web}/new.zarr"])
     assert r.exit_code == 2 and "read-only" in r.output
