@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from clipcbm.core.location import Location, as_location, is_remote, join, location_name, redact
-from clipcbm.core.progress import bar
+from clipcbm.core.progress import bar, is_terminal
 
 from .errors import CacheCorruptError, CacheError, RemoteCacheError
 
@@ -58,8 +58,9 @@ class Backend:
         self.remote = is_remote(self.location)
         self.path = redact(self.location) if self.remote else self.location
         self.format = format_of(self.location)
-        # a remote read shows a bar per array (one step per shard); local reads are fast
-        self.progress = self.remote if progress is None else progress
+        # a remote read shows a bar per array (one step per shard) on a terminal by default;
+        # local reads are fast, and a log (stderr to a file) keeps only what was asked for
+        self.progress = (self.remote and is_terminal()) if progress is None else progress
         if self.remote:
             self._root = self._open_remote(storage_options)
             return

@@ -284,7 +284,8 @@ def open_cache(
     """Open a cache written by `cli.py embed` (or `write_cache`, `cache push`): a local path or
     a URL (s3://, gs://, http(s)://, hf://; `cache.remote`). `verify=False` skips the per-shard
     checksum check of every read. `storage_options` go to the fsspec backend (credentials are
-    best left to its environment/config); `progress` (default: for URLs) shows a bar per array."""
+    best left to its environment/config); `progress` shows a bar per array (default: for a
+    URL, when stderr is a terminal)."""
     return Cache(
         location, allow_incomplete=allow_incomplete, verify=verify,
         storage_options=storage_options, progress=progress,

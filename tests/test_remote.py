@@ -177,7 +177,7 @@ def test_remote_read_shows_progress_per_shard(s3, tmp_path, capsys):
     )
     url = _fresh(s3, "sharded.zarr")
     copy_cache(src, url, progress=False)
-    with open_cache(url) as c:
+    with open_cache(url, progress=True) as c:  # the default where stderr is a terminal
         c.split("train")
     err = capsys.readouterr().err
     assert "read train/image_emb" in err and "5/5" in err
