@@ -2,7 +2,7 @@
 
 from .errors import CacheCorruptError, CacheError, CacheExistsError, IncompleteCacheError
 from .layout import ShardPlan, sha256_json, sha256_lines
-from .reader import Cache, SplitData, open_cache
+from .reader import Cache, SplitData, open_cache, remote_bars
 from .synthetic import write_cache
 from .verify import cache_info, verify_cache
 from .writer import CacheWriter
@@ -17,6 +17,7 @@ __all__ = [
     "ShardPlan",
     "SplitData",
     "open_cache",
+    "remote_bars",
     "sha256_json",
     "sha256_lines",
     "cache_info",

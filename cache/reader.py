@@ -274,6 +274,12 @@ def _missing(path: Path) -> CacheError:
     )
 
 
+def remote_bars(progress: bool) -> bool | None:
+    """open_cache's `progress` for a command's --progress/--no-progress: off stays off; on
+    lets the reader decide (remote shard bars on a terminal, none in a log)."""
+    return None if progress else False
+
+
 def open_cache(
     location: str | Path,
     allow_incomplete: bool = False,

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from clipcbm.cache import open_cache
+from clipcbm.cache import open_cache, remote_bars
 from clipcbm.core import atomic
 from clipcbm.core.device import resolve_device
 from clipcbm.core.outputs import Ownership, check_output_path, check_replaceable
@@ -198,7 +198,7 @@ def run_compare(cfg: CompareConfig) -> CompareResult:
 def _run_compare(cfg: CompareConfig, out: Path) -> CompareResult:
     device = resolve_device(cfg.device)
     rows = []
-    with open_cache(cfg.cache, verify=cfg.verify) as cache:
+    with open_cache(cfg.cache, verify=cfg.verify, progress=remote_bars(cfg.progress)) as cache:
         data = load_data(cache, FitHeadConfig(cache=cfg.cache, seed=cfg.seed,
                                               allow_overlap=cfg.allow_overlap), device)  # fmt: skip
         if data.test is None:

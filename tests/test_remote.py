@@ -143,6 +143,25 @@ def test_fit_head_cli_reads_s3(pushed, tmp_path):
     assert (out / "model.safetensors").is_file()
 
 
+@pytest.mark.parametrize(("flag", "want"), [("--no-progress", False), ("--progress", None)])
+def test_no_progress_silences_the_remote_read_bars(pushed, tmp_path, monkeypatch, flag, want):
+    """--no-progress reaches the cache (no shard bars in a log); --progress leaves the choice
+    to the reader (bars on a terminal)."""
+    import clipcbm.heads.cbm.train as train
+
+    seen, real = [], train.open_cache
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("progress", "unset"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "open_cache", spy)
+    r = runner.invoke(app, ["fit-head", "--cache", pushed, "--out", str(tmp_path / "h"),
+                            "--loss", "probe", flag, "--device", "cpu"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert seen == [want]
+
+
 def test_default_head_name_from_url_stem(pushed):
     from clipcbm.heads.cbm.config import FitHeadConfig
 

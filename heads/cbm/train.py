@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from clipcbm.cache import open_cache
+from clipcbm.cache import open_cache, remote_bars
 from clipcbm.core.device import resolve_device
 from clipcbm.core.outputs import owned_output
 from clipcbm.core.progress import bar as progress_bar
@@ -450,7 +450,9 @@ def _run(config: FitHeadConfig) -> FitHeadResult:
     t0 = time.perf_counter()
     device = resolve_device(config.device)
     out = config.out_dir()
-    with open_cache(config.cache, verify=config.verify) as cache:
+    with open_cache(
+        config.cache, verify=config.verify, progress=remote_bars(config.progress)
+    ) as cache:
         data = load_data(cache, config, device)
         n_concepts = len(data.text.concept_emb)
         if config.topk is not None and config.topk >= n_concepts:

@@ -174,7 +174,7 @@ def run(cfg: FitAdapterConfig) -> AdapterResult:
 
 
 def _run(cfg: FitAdapterConfig) -> AdapterResult:
-    from clipcbm.cache import open_cache
+    from clipcbm.cache import open_cache, remote_bars
     from clipcbm.cache.layout import model_fingerprint
     from clipcbm.heads.contrastive.artifact import save_adapter
     from clipcbm.heads.io.evaldata import load_split
@@ -182,7 +182,7 @@ def _run(cfg: FitAdapterConfig) -> AdapterResult:
     out = cfg.out_dir()
     device = resolve_device(cfg.device)
     hint = "Pass --split with one of those."
-    with open_cache(cfg.cache, verify=cfg.verify) as cache:
+    with open_cache(cfg.cache, verify=cfg.verify, progress=remote_bars(cfg.progress)) as cache:
         split = load_split(cache, cfg.split, error=HeadDataError, hint=hint)
         if not cache.views:
             raise HeadDataError(

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from clipcbm.cache import open_cache
+from clipcbm.cache import open_cache, remote_bars
 from clipcbm.core.device import resolve_device
 from clipcbm.heads.baselines.cms import build_scorer, cms_predict, resolve_normalize
 from clipcbm.heads.eval.config import CmsEvalConfig, EvaluateConfig, ExplainConfig  # noqa: F401
@@ -127,7 +127,7 @@ def run_cms_eval(cfg: CmsEvalConfig) -> CmsEvalResult:
     normalize = resolve_normalize(cfg.normalize)
     out_dir = cfg.out_dir()
     rows, flat, tables = [], {}, {}
-    with open_cache(cfg.cache, verify=cfg.verify) as cache:
+    with open_cache(cfg.cache, verify=cfg.verify, progress=remote_bars(cfg.progress)) as cache:
         for split in cfg.splits:  # fail before any work on a typo
             check_split_name(cache, split)
         settings = {**cache_settings(cache), "normalize": normalize,
@@ -177,7 +177,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     """Metrics, per-class table, confusion matrix and predictions of a head on one split."""
     device = str(resolve_device(cfg.device))
     out_dir = cfg.out_dir()
-    with open_cache(cfg.cache, verify=cfg.verify) as cache:
+    with open_cache(cfg.cache, verify=cfg.verify, progress=remote_bars(cfg.progress)) as cache:
         check_split_name(cache, cfg.split)
         head = load_head(cfg.head, cache, device=device)  # HeadCacheMismatchError on mismatch
         fit_split = head.config.get("hyperparameters", {}).get("train_split", "train")

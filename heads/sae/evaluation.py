@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from clipcbm.cache import open_cache
+from clipcbm.cache import open_cache, remote_bars
 from clipcbm.core import atomic
 from clipcbm.core.device import resolve_device
 from clipcbm.core.location import location_name
@@ -58,7 +58,7 @@ class SaeEvalResult:
 def run_sae_eval(cfg: SaeEvalConfig) -> SaeEvalResult:
     device = resolve_device(cfg.device)
     sae, sae_cfg = load_sae(cfg.sae, device)
-    with open_cache(cfg.cache, verify=cfg.verify) as cache:
+    with open_cache(cfg.cache, verify=cfg.verify, progress=remote_bars(cfg.progress)) as cache:
         check_model(sae_cfg, cache)
         held = load_heldout(cache, cfg.split)
         scorers = {"zero_shot": zero_shot_scorer(TextTensors.from_cache(cache, device))}

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from clipcbm.cache import open_cache
+from clipcbm.cache import open_cache, remote_bars
 from clipcbm.cache.layout import model_fingerprint
 from clipcbm.core.device import resolve_device
 from clipcbm.core.outputs import owned_output
@@ -225,7 +225,7 @@ def _run(cfg: FitSaeConfig) -> FitSaeResult:
     device = resolve_device(cfg.device)
     out = cfg.out_dir()
     select_dtype = resolve_select_dtype(cfg.select_dtype, device)
-    with open_cache(cfg.cache, verify=cfg.verify) as cache:
+    with open_cache(cfg.cache, verify=cfg.verify, progress=remote_bars(cfg.progress)) as cache:
         _check_sizes(cfg, int(cache.embed_dim))
         if cfg.train_split not in cache.splits:
             raise HeadsConfigError(f"split {cfg.train_split!r} is not in cache {cache.path}; it "
