@@ -76,7 +76,7 @@ class Backend:
         except (OSError, FileNotFoundError, ValueError, KeyError) as e:
             raise CacheError(
                 f"cannot open {path} as a {self.format} cache: {e}. "
-                "Give the path that `cli.py embed --out` wrote."
+                "Give the path that `clipcbm embed --out` wrote."
             ) from e
         except Exception as e:  # zarr raises its own types for "not a group"
             raise CacheError(f"cannot open {path} as a {self.format} cache: {e!r}") from e
@@ -223,8 +223,8 @@ class Backend:
         return (
             f"cache {self.path} is damaged: array '{name}'{where} cannot be read from "
             f"{self.file_of(name, bad)} ({type(error).__name__}: {msg}). Check it with "
-            f"`python cli.py cache verify {self.path}` and re-create it with "
-            "`cli.py embed ... --overwrite`."
+            f"`clipcbm cache verify {self.path}` and re-create it with "
+            "`clipcbm embed ... --overwrite`."
         )
 
     def close(self) -> None:

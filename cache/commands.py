@@ -1,4 +1,4 @@
-"""`cli.py cache info` / `cache verify`: inspect and check embedding caches (no torch)."""
+"""`clipcbm cache info` / `cache verify`: inspect and check embedding caches (no torch)."""
 
 from __future__ import annotations
 

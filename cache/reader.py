@@ -83,8 +83,8 @@ class Cache:
             note = progress_note(self.location, storage_options)
             raise IncompleteCacheError(
                 f"{self.path} is incomplete ({note}; a run was interrupted or is still writing)."
-                " Re-run the same `cli.py embed` command to finish it "
-                f"(`cli.py cache info {self.path}` shows its progress)."
+                " Re-run the same `clipcbm embed` command to finish it "
+                f"(`clipcbm cache info {self.path}` shows its progress)."
             )
 
     def __enter__(self) -> Cache:
@@ -121,7 +121,7 @@ class Cache:
     def _damaged(self, name: str, what: str, row: int | None = None) -> CacheCorruptError:
         return CacheCorruptError(
             f"cache {self.path} is damaged: {name}{what} does not match the checksum recorded "
-            f"when it was written ({self._b.file_of(name, row)}). Re-create it with `cli.py "
+            f"when it was written ({self._b.file_of(name, row)}). Re-create it with `clipcbm "
             "embed ... --overwrite` (or pass --no-verify to use it anyway)."
         )
 
@@ -219,7 +219,7 @@ class Cache:
             raise CacheCorruptError(
                 f"{TEXT_GROUP}/{name} row {i}{label} holds non-finite values ({kinds}{more}); the "
                 f"cache {self.path} is damaged (--no-verify does not skip this check) — re-run "
-                f"`cli.py embed ... --out {self.path} --overwrite`"
+                f"`clipcbm embed ... --out {self.path} --overwrite`"
             )
         return emb
 
@@ -254,7 +254,7 @@ class Cache:
         self._check_split(name)
         if not self.views:
             raise CacheError(
-                f"cache {self.path} has no augmented views; write one with `cli.py embed ... "
+                f"cache {self.path} has no augmented views; write one with `clipcbm embed ... "
                 "--views V --augment simclr`"
             )
         return self.read(name, VIEW_ARRAY).astype(np.float32)
@@ -266,11 +266,11 @@ def _missing(path: Path) -> CacheError:
 
     staged = _staging(path)
     if staged is None:
-        return CacheError(f"no cache at {path}: run `python cli.py embed --out {path}` first")
+        return CacheError(f"no cache at {path}: run `clipcbm embed --out {path}` first")
     return IncompleteCacheError(
         f"{path} is an HDF5 cache still in progress ({progress_note(staged)}, staged in "
-        f"{staged}; a run was interrupted or is still writing). Re-run the same `cli.py embed "
-        f"... --out {path}` command to finish it (`cli.py cache info {path}` shows its progress)."
+        f"{staged}; a run was interrupted or is still writing). Re-run the same `clipcbm embed "
+        f"... --out {path}` command to finish it (`clipcbm cache info {path}` shows its progress)."
     )
 
 
@@ -287,7 +287,7 @@ def open_cache(
     storage_options: dict | None = None,
     progress: bool | None = None,
 ) -> Cache:
-    """Open a cache written by `cli.py embed` (or `write_cache`, `cache push`): a local path or
+    """Open a cache written by `clipcbm embed` (or `write_cache`, `cache push`): a local path or
     a URL (s3://, gs://, http(s)://, hf://; `cache.remote`). `verify=False` skips the per-shard
     checksum check of every read. `storage_options` go to the fsspec backend (credentials are
     best left to its environment/config); `progress` shows a bar per array (default: for a

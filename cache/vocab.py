@@ -1,6 +1,6 @@
 """A user vocabulary on disk: texts, their text embeddings and the model that embedded them.
 
-Stage one writes it once (`cli.py embed-text --model M --texts words.txt --out vocab.zarr`);
+Stage one writes it once (`clipcbm embed-text --model M --texts words.txt --out vocab.zarr`);
 stage two names SAE latents with it (`fit-sae --vocab`, `sae-inspect --vocab`). It is only
 usable with artifacts of the same embedding space, so it records the model identity exactly
 as `embed` records it in a cache, and `model_fingerprint` compares the two.
@@ -124,7 +124,7 @@ def open_vocab(path) -> Vocab:
     path = Path(path)
     if not path.exists():
         raise VocabError(
-            f"no vocabulary at {path}: write one with `python cli.py embed-text --model M "
+            f"no vocabulary at {path}: write one with `clipcbm embed-text --model M "
             f"--texts words.txt --out {path}`"
         )
     if not _is_vocab(path):

@@ -200,12 +200,12 @@ def test_an_incomplete_cache_names_the_command_to_finish_it_not_a_python_kwarg(t
         open_cache(out)
     msg = str(e.value)
     assert "allow_incomplete" not in msg
-    assert "1 / 3 shards done" in msg and "Re-run the same `cli.py embed` command" in msg
-    assert f"cli.py cache info {out}" in msg
+    assert "1 / 3 shards done" in msg and "Re-run the same `clipcbm embed` command" in msg
+    assert f"clipcbm cache info {out}" in msg
     res = _cli("fit-head", "--cache", out, "--loss", "probe", "--no-progress")
     assert res.exit_code == 2
     line = _error_line(res.output)
-    assert "allow_incomplete" not in line and "cli.py embed" in line
+    assert "allow_incomplete" not in line and "clipcbm embed" in line
     assert open_cache(out, allow_incomplete=True).metadata["complete"] is False  # Python API
 
 
@@ -217,7 +217,7 @@ def test_stage_two_says_an_hdf5_cache_is_in_progress_like_cache_info(tmp_path):
     res = _cli("fit-head", "--cache", out, "--loss", "probe", "--no-progress")
     line = _error_line(res.output)
     assert res.exit_code == 2 and "in progress" in line and "1 / 3 shards done" in line
-    assert "no cache" not in line and f"Re-run the same `cli.py embed ... --out {out}`" in line
+    assert "no cache" not in line and f"Re-run the same `clipcbm embed ... --out {out}`" in line
     info = _cli("cache", "info", out)
     assert "shards 1 / 3 done" in info.output and "in progress" in info.output
     res = _cli("fit-head", "--cache", tmp_path / "never.h5", "--no-progress")

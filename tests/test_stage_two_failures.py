@@ -264,7 +264,7 @@ def test_fit_head_too_large_for_memory_is_refused_up_front(tmp_path, monkeypatch
     monkeypatch.setattr(cbm_train, "ConceptBottleneck", lambda *a, **k: built.append(a))
     out = tmp_path / "head"
     res = _cli("fit-head", "--cache", path, "--out", out, "--no-progress", "--device", "cpu")
-    line = _one_clean_error(res, "12,000 concepts", "1.0 GiB is available", "cli.py concepts")
+    line = _one_clean_error(res, "12,000 concepts", "1.0 GiB is available", "clipcbm concepts")
     need = float(line.split("needs about ")[1].split(" GiB")[0])
     expected = cbm_train.TRAIN_COPIES * 4 * 12_000**2 / GiB
     assert expected <= need < expected * 1.05  # 7 W_CBL-sized arrays of 549 MiB

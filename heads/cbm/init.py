@@ -148,7 +148,7 @@ def _zero_shot_init(model, data) -> dict:
             f"--fc-init zero-shot (the ridge fit on {len(real):,} fit rows + "
             f"{n_pseudo_rows(d):,} pseudo-rows x {d:,} concepts)",
             "Use --fc-init prior or --fc-init zero (they solve no ridge system), fewer concepts "
-            "(`cli.py concepts` with a stricter filter, then `embed --concepts`) or a smaller "
+            "(`clipcbm concepts` with a stricter filter, then `embed --concepts`) or a smaller "
             "train split.")  # fmt: skip
     fake, beta = pseudo_rows(real, n_pseudo_rows(d), data.val_seed + 5)
     x = torch.cat([real, fake])

@@ -212,7 +212,7 @@ def check_fit_memory(data: HeadData, config: FitHeadConfig, device) -> None:
     why = (f"its |D| x |D| concept layer W_CBL is {gib(parts['cbl'])} (|D| = {d:,} concepts) "
            f"and training holds about {TRAIN_COPIES} of it (weights, gradient, Adam's two "
            "moments, the start and the best weights)")  # fmt: skip
-    todo = ("Use fewer concepts (memory grows with |D|^2: build a smaller list with `cli.py "
+    todo = ("Use fewer concepts (memory grows with |D|^2: build a smaller list with `clipcbm "
             "concepts` and a stricter filter, e.g. a lower --concept-sim, then re-run `embed "
             "--concepts`)")  # fmt: skip
     if parts["init"] >= parts["train"]:

@@ -186,7 +186,7 @@ def _run(cfg: FitAdapterConfig) -> AdapterResult:
         split = load_split(cache, cfg.split, error=HeadDataError, hint=hint)
         if not cache.views:
             raise HeadDataError(
-                f"cache {cfg.cache} has no augmented views; write one with `python cli.py embed "
+                f"cache {cfg.cache} has no augmented views; write one with `clipcbm embed "
                 f"... --views {cfg.positives + 1} --augment simclr`"
             )
         view_emb = cache.view_emb(cfg.split)[split.rows]

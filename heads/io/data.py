@@ -63,7 +63,7 @@ def _check_text(cache) -> None:
         raise HeadDataError(
             f"cache {cache.path} is inconsistent: |D| mismatch ({n_d} concept strings vs "
             f"{d_rows} concept embeddings) or |C| ({n_c} class names vs {c_rows} class "
-            "embeddings); re-run `cli.py embed` to rebuild it"
+            "embeddings); re-run `clipcbm embed` to rebuild it"
         )
 
 

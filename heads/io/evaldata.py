@@ -121,7 +121,7 @@ def load_split(cache, split: str, *, error=EvalInputError, hint: str = "") -> Ev
         raise error(
             f"split {split!r} of cache {cache.path} has {int(bad.sum())} row(s) with non-finite "
             f"(NaN/inf) embeddings, e.g. ids {_first_ids(ids, bad)}; the cache is corrupt — "
-            f"check it with `python cli.py cache verify {cache.path}` and re-run `embed`"
+            f"check it with `clipcbm cache verify {cache.path}` and re-run `embed`"
         )
     n_classes = len(cache.classes)
     out = (labels < 0) | (labels >= n_classes)

@@ -72,7 +72,7 @@ class WeightsDir:
             if not (d / name).is_file():
                 raise HeadFormatError(
                     f"{d} is not {self._a} directory: {name} is missing (expected {WEIGHTS} + "
-                    f"{CONFIG}, as written by `cli.py {self.command}`)"
+                    f"{CONFIG}, as written by `clipcbm {self.command}`)"
                 )
         try:
             config = json.loads((d / CONFIG).read_text())

@@ -101,7 +101,7 @@ def _read_config(d: Path) -> dict:
         if not (d / name).is_file():
             raise HeadFormatError(
                 f"{d} is not an SAE directory: {name} is missing (expected {WEIGHTS} + "
-                f"{CONFIG}, as written by `cli.py fit-sae`)"
+                f"{CONFIG}, as written by `clipcbm fit-sae`)"
             )
     try:
         cfg = json.loads((d / CONFIG).read_text())

@@ -64,7 +64,7 @@ def _inspect():
         if cfg.html is not None and renderer is None:
             raise HeadsConfigError(
                 "--html needs the page renderer of stage one, which only the command line "
-                "registers (`python cli.py sae-inspect ... --html`); in a library call use "
+                "registers (`clipcbm sae-inspect ... --html`); in a library call use "
                 "heads.sae.commands.set_html_renderer(pipeline.sae_page.render_page) first"
             )
         result = run_sae_inspect(cfg)

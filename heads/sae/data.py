@@ -43,7 +43,7 @@ def _nonfinite_error(cache, split: str, bad: np.ndarray) -> HeadDataError:
     first = ", ".join(str(int(r)) for r in bad[:5]) + (", ..." if len(bad) > 5 else "")
     return HeadDataError(
         f"split {split!r} of cache {cache.path} has {len(bad)} row(s) with non-finite (NaN/inf) "
-        f"embeddings (rows {first}); the cache is corrupt — check it with `python cli.py cache "
+        f"embeddings (rows {first}); the cache is corrupt — check it with `clipcbm cache "
         f"verify {cache.path}` and re-run `embed`"
     )
 

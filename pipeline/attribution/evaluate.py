@@ -151,7 +151,7 @@ def _load_pairs(folder: Path):
     if not (folder / "run.json").is_file() or not (folder / "pairs.csv").is_file():
         raise AttributionInputError(
             f"{folder} is not an `attribute` output (no run.json / pairs.csv); run "
-            "`cli.py attribute --out DIR` first"
+            "`clipcbm attribute --out DIR` first"
         )
     info = json.loads((folder / "run.json").read_text())
     rows = pd.read_csv(folder / "pairs.csv", keep_default_na=False)

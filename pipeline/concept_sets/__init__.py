@@ -14,6 +14,6 @@ def builtin_concepts(dataset: str) -> Path:
         raise ValueError(
             f"dataset {dataset!r} has no built-in concept set (those exist for "
             f"{', '.join(BUILTIN_CONCEPT_SETS)}); pass --concepts FILE (a .txt, one concept per "
-            "line, or the CSV of `cli.py concepts`)"
+            "line, or the CSV of `clipcbm concepts`)"
         )
     return HERE / f"{dataset}.txt"

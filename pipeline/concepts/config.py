@@ -1,4 +1,4 @@
-"""`ConceptsConfig`: everything one `cli.py concepts` run needs, validated up front (no I/O)."""
+"""`ConceptsConfig`: everything one `clipcbm concepts` run needs, validated up front (no I/O)."""
 
 from __future__ import annotations
 

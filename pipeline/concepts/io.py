@@ -1,4 +1,4 @@
-"""Concept files: read the list a cache is built on, write what `cli.py concepts` produces.
+"""Concept files: read the list a cache is built on, write what `clipcbm concepts` produces.
 
 Formats (SPEC §4, issue 4):
 - `<name>.csv`: header `concept,class,source`, one kept concept per row, in output order. A
@@ -102,7 +102,7 @@ def _check_entries(concepts: list[str], line_numbers: list[int], path: Path) -> 
     if len(concepts) > MAX_CONCEPTS:
         raise ConceptFileError(
             f"{path}: {len(concepts):,} concepts, more than the {MAX_CONCEPTS:,} allowed; filter "
-            "the list first (`cli.py concepts --source file --input ...`)"
+            "the list first (`clipcbm concepts --source file --input ...`)"
         )
     first_seen: dict[str, int] = {}
     for text, line in zip(concepts, line_numbers, strict=True):
@@ -168,7 +168,7 @@ _READERS = {".txt": _read_txt, ".csv": _read_csv}  # suffix -> parser of the dec
 
 
 def read_concept_file(path: str | os.PathLike) -> ConceptSet:
-    """Read a `.txt` (one concept per line) or the `.csv` written by `cli.py concepts`.
+    """Read a `.txt` (one concept per line) or the `.csv` written by `clipcbm concepts`.
 
     Nothing is changed silently: duplicates, empty lines, surrounding whitespace, non-UTF-8
     bytes and more than 50,000 entries raise ConceptFileError naming the line."""

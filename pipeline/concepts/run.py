@@ -1,4 +1,4 @@
-"""`run(ConceptsConfig) -> ConceptsResult`: the body of `cli.py concepts`.
+"""`run(ConceptsConfig) -> ConceptsResult`: the body of `clipcbm concepts`.
 
 class names -> source candidates -> normalise + filter (SPEC §4) -> files:
 <name>.csv (kept: concept,class,source), <name>.txt (one concept per line),
