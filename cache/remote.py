@@ -90,7 +90,14 @@ def remote_errors(location: Location, what: str = ""):
         ) from None
     except Exception as e:  # the backend's own types: botocore, aiohttp, huggingface_hub, ...
         where = f" while reading {what}" if what else ""
-        raise RemoteCacheError(f"cannot reach {redact(location)}{where}: {_describe(e)}") from None
+        hint = ""
+        if "credential" in type(e).__name__.lower():
+            hint = (". Give the backend credentials the usual way (s3: AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials; gs: gcloud auth "
+                    "application-default login; hf: HF_TOKEN)")  # fmt: skip
+        raise RemoteCacheError(
+            f"cannot reach {redact(location)}{where}: {_describe(e)}{hint}"
+        ) from None
 
 
 def filesystem(location: Location, storage_options: dict | None = None):

@@ -362,6 +362,28 @@ def test_no_such_cache_is_one_line_without_credentials(s3):
     assert SECRET not in r.output
 
 
+def test_missing_credentials_is_one_line_saying_so(pushed, monkeypatch, tmp_path):
+    """No AWS credentials anywhere (env, files, instance metadata): one line naming the URL and
+    what to set, not a botocore traceback."""
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    import fsspec
+
+    s3fs_class = type(fsspec.filesystem("s3"))
+    s3fs_class.clear_instance_cache()  # a filesystem made with the credentials is cached
+    try:
+        r = runner.invoke(app, ["cache", "info", pushed])
+    finally:
+        s3fs_class.clear_instance_cache()  # ... and so is this one without them
+    assert r.exit_code == 2, r.output
+    line = r.output.strip()
+    assert len(line.splitlines()) == 1 and pushed in line, line
+    assert "credential" in line.lower() and "AWS_ACCESS_KEY_ID" in line, line
+
+
 def test_unknown_scheme_names_the_extra(monkeypatch):
     with pytest.raises(MissingBackendError, match=r"clipcbm\[gcs\]"):
         registry = importlib.import_module("fsspec.registry")  # gcsfs is not installed here
