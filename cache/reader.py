@@ -2,7 +2,7 @@
 
 Whole arrays are loaded in one call per split (single-row reads from Zarr cost milliseconds).
 An incomplete cache is refused unless `allow_incomplete=True`. Every array read is checked
-against the sha256 recorded per shard when it was written (`verify=False` skips it, for users
+against the checksum recorded per shard when it was written (`verify=False` skips it, for users
 who ran `cache verify` once): a damaged cache is an error naming the array and the shard, never
 silently used. Hashing is not free: on the shared 2-core CPU a checked read of a
 200,000 x 768 fp16 split took 2-3x the unchecked read, about as long as the zero-shot matmul
@@ -28,7 +28,11 @@ from .layout import (
     TEXT_GROUP,
     VIEW_ARRAY,
     ShardPlan,
+    algo_of,
     array_checksum,
+    checksum_matches,
+    recorded_array_sums,
+    recorded_text_sums,
     shard_checksum,
 )
 
@@ -126,7 +130,7 @@ class Cache:
         )
 
     def read(self, group: str, name: str) -> np.ndarray:
-        """Array `group/name` whole, checked against its recorded sha256 (per shard)."""
+        """Array `group/name` whole, checked against its recorded checksum (per shard)."""
         data = self._b.read(f"{group}/{name}")
         if self.verify:
             self.check(group, name, data)
@@ -134,14 +138,14 @@ class Cache:
 
     def check(self, group: str, name: str, data: np.ndarray) -> None:
         """Raise CacheCorruptError if `data` (array group/name as read) differs from the
-        sha256 recorded per shard when it was written."""
+        checksum recorded per shard when it was written (xxh3-128; sha256 in format 1)."""
         if group == TEXT_GROUP:
-            want = self._b.attrs(TEXT_GROUP).get("sha256", {}).get(name)
-            if want is not None and array_checksum(name, data) != want:
+            want = recorded_text_sums(self._b.attrs(TEXT_GROUP)).get(name)
+            if want is not None and not checksum_matches(name, data, want):
                 raise self._damaged(f"{group}/{name}", "")
             return
         attrs = self.split_attrs(group)
-        sums = attrs.get("array_sha256", {}).get(name)
+        sums = recorded_array_sums(attrs).get(name)
         if sums is None:
             return  # an incomplete cache, or one from before per-array checksums
         plan = ShardPlan(int(attrs["n"]), int(attrs["shard_rows"]))
@@ -149,9 +153,11 @@ class Cache:
             raise self._damaged(f"{group}/{name}", f" ({len(sums)} checksums for "
                                 f"{plan.num_shards} shards)")  # fmt: skip
         rows = [plan.rows(s) for s in range(plan.num_shards)]
-        # hashlib releases the GIL on big buffers: shards are hashed on every core
+        # xxhash and hashlib release the GIL on big buffers: shards are hashed on every core
+        algos = [algo_of(w) for w in sums]  # per shard: a resumed old cache may mix them
         with ThreadPoolExecutor(max_workers=min(len(rows), os.cpu_count() or 1) or 1) as pool:
-            got = list(pool.map(lambda r: array_checksum(name, data[r.start : r.stop]), rows))
+            got = list(pool.map(lambda r, a: array_checksum(name, data[r.start : r.stop], a),
+                                rows, algos))  # fmt: skip
         for s, (r, g, want) in enumerate(zip(rows, got, sums, strict=True)):
             if g != want:
                 raise self._damaged(
@@ -162,7 +168,7 @@ class Cache:
         """Caches written before per-array checksums: the whole-shard sha256 of format 1."""
         attrs = self.split_attrs(name)
         sums = attrs.get("shard_sha256")
-        if not self.verify or "array_sha256" in attrs or not sums:
+        if not self.verify or recorded_array_sums(attrs) or not sums:
             return
         norms = self._b.read(f"{name}/norms")
         plan = ShardPlan(int(attrs["n"]), int(attrs["shard_rows"]))

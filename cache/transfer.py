@@ -22,7 +22,14 @@ from clipcbm.core.progress import bar
 
 from .backend import format_of
 from .errors import CacheCorruptError, CacheError, CacheExistsError, RemoteCacheError
-from .layout import TEXT_GROUP, ShardPlan, array_checksum
+from .layout import (
+    TEXT_GROUP,
+    ShardPlan,
+    algo_of,
+    array_checksum,
+    recorded_array_sums,
+    recorded_text_sums,
+)
 from .reader import open_cache
 from .remote import Tree, open_store
 from .writer import PROGRESS_DIR
@@ -182,19 +189,20 @@ def _groups(dst: Location, options: dict | None, splits: list[str]):
 
 
 def _check_arrays(dst: Location, options: dict | None, splits: list[str]) -> None:
-    """Decode every array at the destination and compare it, shard by shard, with the sha256
+    """Decode every array at the destination and compare it, shard by shard, with the checksum
     the writer recorded; a mismatch means the source itself is damaged."""
     for name, group in _groups(dst, options, splits):
         attrs = dict(group.attrs)
         if name == TEXT_GROUP:
-            for k, want in attrs.get("sha256", {}).items():
-                _expect(dst, f"{name}/{k}", array_checksum(k, np.asarray(group[k][:])), want)
+            for k, want in recorded_text_sums(attrs).items():
+                got = array_checksum(k, np.asarray(group[k][:]), algo_of(want))
+                _expect(dst, f"{name}/{k}", got, want)
             continue
         plan = ShardPlan(int(attrs["n"]), int(attrs["shard_rows"]))
-        for k, sums in attrs.get("array_sha256", {}).items():
+        for k, sums in recorded_array_sums(attrs).items():
             for s in range(plan.num_shards):
                 r = plan.rows(s)
-                got = array_checksum(k, np.asarray(group[k][r.start : r.stop]))
+                got = array_checksum(k, np.asarray(group[k][r.start : r.stop]), algo_of(sums[s]))
                 _expect(dst, f"{name}/{k} shard {s}", got, sums[s])
 
 

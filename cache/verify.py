@@ -8,7 +8,7 @@ import numpy as np
 from clipcbm.core.location import Location, as_location, is_remote, scheme_of
 
 from .errors import CacheCorruptError, CacheError
-from .layout import TEXT_GROUP, VIEW_ARRAY, ShardPlan, shard_checksum
+from .layout import TEXT_GROUP, VIEW_ARRAY, ShardPlan, recorded_array_sums, shard_checksum
 from .reader import Cache, open_cache
 from .remote import READ_ONLY_SCHEMES, Tree
 from .writer import PROGRESS_DIR
@@ -44,7 +44,7 @@ def _check_rows(name: str, emb: np.ndarray, ok: np.ndarray) -> list[str]:
 
 
 def _read_all(cache: Cache, group: str, names) -> tuple[dict, list[str]]:
-    """Read each array and check its recorded sha256; an array that cannot be decoded or does
+    """Read each array and check its recorded checksum; an array that cannot be decoded or does
     not match becomes a problem line (a mismatching one is still returned, so the content
     checks can say more)."""
     arrays, problems = {}, []
@@ -59,6 +59,14 @@ def _read_all(cache: Cache, group: str, names) -> tuple[dict, list[str]]:
         except CacheCorruptError as e:
             problems.append(str(e))
     return arrays, problems
+
+
+def _n_classes(cache: Cache) -> int:
+    """How many classes, even when text/classes is damaged (that is reported by _check_text)."""
+    try:
+        return len(cache.classes)
+    except CacheCorruptError:
+        return len(cache._b.read(f"{TEXT_GROUP}/classes"))
 
 
 def _check_split(cache: Cache, name: str) -> list[str]:
@@ -83,11 +91,11 @@ def _check_split(cache: Cache, name: str) -> list[str]:
         v = arrays[VIEW_ARRAY].astype(np.float32)
         for j in range(v.shape[1]):
             problems += _check_rows(f"{name}/{VIEW_ARRAY}[:, {j}]", v[:, j], ok)
-    lab = arrays["labels"][ok]
-    if lab.size and (lab.min() < 0 or lab.max() >= len(cache.classes)):
-        problems.append(f"{name}/labels outside 0..{len(cache.classes) - 1}")
+    lab, n_classes = arrays["labels"][ok], _n_classes(cache)
+    if lab.size and (lab.min() < 0 or lab.max() >= n_classes):
+        problems.append(f"{name}/labels outside 0..{n_classes - 1}")
     plan = ShardPlan(n, attrs["shard_rows"])
-    if "array_sha256" in attrs:  # checked per array above
+    if recorded_array_sums(attrs):  # checked per array above
         return problems
     sums = attrs.get("shard_sha256", [])  # caches from before per-array checksums
     if len(sums) != plan.num_shards:
@@ -120,7 +128,7 @@ def _check_text(cache: Cache) -> list[str]:
 
 def verify_cache(path: str | Path, storage_options: dict | None = None) -> list[str]:
     """All problems found (empty list = healthy). Checks completeness, shapes, finiteness, unit
-    norms, label range and the sha256 of every array per shard; storage errors (a damaged shard
+    norms, label range and the checksum of every array per shard; storage errors (a damaged shard
     index, a codec failure, a truncated file) are problems too, never a crash."""
     try:
         cache = open_cache(path, allow_incomplete=True, storage_options=storage_options)

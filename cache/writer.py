@@ -418,7 +418,8 @@ class CacheWriter:
         view_emb=None,
     ) -> None:
         """Write one whole shard (all rows it spans), then its completion marker, which records
-        a sha256 per array (checked by every reader) and the shard's unreadable images."""
+        a checksum per array (xxh3-128, checked by every reader) and the shard's unreadable
+        images."""
         rows = self.plans[split].rows(shard)
         sl = slice(rows.start, rows.stop)
         arrays = {
@@ -488,7 +489,7 @@ class CacheWriter:
             )
             if items:
                 arr[:] = np.asarray(items, dtype=str)
-        g.attrs["sha256"] = {
+        g.attrs["checksums"] = {
             name: array_checksum(name, np.asarray(g[name][:]))
             for name in ("concept_emb", "class_emb", "concepts", "classes", "templates",
                          "concept_classes")
@@ -513,7 +514,7 @@ class CacheWriter:
             self._group[split].attrs.update(
                 {
                     "shard_sha256": [m["checksum"] for m in marks],
-                    "array_sha256": {k: [m["arrays"][k] for m in marks] for k in names},
+                    "array_checksums": {k: [m["arrays"][k] for m in marks] for k in names},
                     "failures": [f for m in marks for f in m["failures"]],
                     "complete": True,
                 }

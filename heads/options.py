@@ -1,7 +1,7 @@
 """Help texts of the options every stage-two command shares (one wording everywhere)."""
 
 VERIFY_HELP = (
-    "Check every array read from the cache against the sha256 recorded when it was written "
+    "Check every array read from the cache against the checksum recorded when it was written "
     "(--no-verify skips it, for a cache you checked once with `cache verify`)."
 )
 ALLOW_OVERLAP_HELP = (
