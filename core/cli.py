@@ -27,7 +27,8 @@ from clipcbm.core.errors import ClipCbmError
 from clipcbm.core.location import as_location
 from clipcbm.core.outputs import locked, output_of
 
-NOISY_LOGGERS = ("httpx", "urllib3", "filelock", "huggingface_hub")
+NOISY_LOGGERS = ("httpx", "urllib3", "filelock", "huggingface_hub", "botocore", "aiobotocore",
+                 "s3fs", "fsspec")  # fmt: skip
 
 
 def setup_logging(verbose: bool = False) -> None:
