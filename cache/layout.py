@@ -100,8 +100,9 @@ def array_checksum(name: str, values: np.ndarray, algo: str | None = None) -> st
     if name in CHECKSUM_DTYPES:
         blob = np.ascontiguousarray(values, dtype=CHECKSUM_DTYPES[name])
         blob = blob.reshape(-1).view(np.uint8) if blob.size else b""
-    else:
-        blob = "\n".join(str(i) for i in values).encode("utf-8")
+    else:  # tolist() first: one C loop instead of a numpy scalar per item (same bytes)
+        items = values.tolist() if isinstance(values, np.ndarray) else values
+        blob = "\n".join(map(str, items)).encode("utf-8")
     if algo == "xxh3_128":
         import xxhash
 

@@ -144,6 +144,11 @@ class Cache:
             if want is not None and not checksum_matches(name, data, want):
                 raise self._damaged(f"{group}/{name}", "")
             return
+        self._check_shards(group, name, data, 0)
+
+    def _check_shards(self, group: str, name: str, data: np.ndarray, first_row: int) -> None:
+        """Check `data` = rows [first_row, first_row + len(data)) of group/name, which must start
+        and end on shard boundaries, against each shard's recorded checksum."""
         attrs = self.split_attrs(group)
         sums = recorded_array_sums(attrs).get(name)
         if sums is None:
@@ -152,17 +157,51 @@ class Cache:
         if len(sums) != plan.num_shards:
             raise self._damaged(f"{group}/{name}", f" ({len(sums)} checksums for "
                                 f"{plan.num_shards} shards)")  # fmt: skip
-        rows = [plan.rows(s) for s in range(plan.num_shards)]
+        first = first_row // plan.shard_rows
+        shards = range(
+            first, -(-(first_row + len(data)) // plan.shard_rows) if len(data) else first
+        )
+        rows = [plan.rows(k) for k in shards]
+        algos = [algo_of(sums[k]) for k in shards]  # per shard: a resumed old cache may mix them
         # xxhash and hashlib release the GIL on big buffers: shards are hashed on every core
-        algos = [algo_of(w) for w in sums]  # per shard: a resumed old cache may mix them
         with ThreadPoolExecutor(max_workers=min(len(rows), os.cpu_count() or 1) or 1) as pool:
-            got = list(pool.map(lambda r, a: array_checksum(name, data[r.start : r.stop], a),
-                                rows, algos))  # fmt: skip
-        for s, (r, g, want) in enumerate(zip(rows, got, sums, strict=True)):
-            if g != want:
+            got = list(pool.map(lambda r, a: array_checksum(
+                name, data[r.start - first_row : r.stop - first_row], a), rows, algos))  # fmt: skip
+        for k, r, g in zip(shards, rows, got, strict=True):
+            if g != sums[k]:
                 raise self._damaged(
-                    f"{group}/{name}", f", shard {s} (rows {r.start}..{r.stop - 1}),", r.start
+                    f"{group}/{name}", f", shard {k} (rows {r.start}..{r.stop - 1}),", r.start
                 )
+
+    def n_rows(self, split: str) -> int:
+        """Rows of `split` (read from the array's shape: nothing is decoded)."""
+        self._check_split(split)
+        return int(self._b.shape(f"{split}/labels")[0])
+
+    def read_rows(self, split: str, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of array `split/name`, checked like a whole read: every shard the
+        range touches is decoded whole and checked against its recorded checksum (read in
+        shard-aligned blocks, e.g. by `iter_blocks`, nothing is decoded twice)."""
+        self._check_split(split)
+        n = self.n_rows(split)
+        if not 0 <= start <= stop <= n:
+            raise ValueError(f"rows [{start}, {stop}) are outside split {split!r} of {n} rows")
+        attrs = self.split_attrs(split)
+        if not self.verify or name not in recorded_array_sums(attrs) or start == stop:
+            return self._b.read(f"{split}/{name}", start, stop)
+        shard_rows = int(attrs["shard_rows"])
+        lo, hi = start - start % shard_rows, min(n, -(-stop // shard_rows) * shard_rows)
+        data = self._b.read(f"{split}/{name}", lo, hi)
+        self._check_shards(split, name, data, lo)
+        return data[start - lo : stop - lo]
+
+    def iter_blocks(self, split: str, name: str, block_rows: int | None = None):
+        """(start, rows) of array `split/name`, `block_rows` at a time (default: one shard),
+        each block checked as it streams: the way to read a split that need not be whole."""
+        n = self.n_rows(split)
+        block = int(block_rows or self.split_attrs(split)["shard_rows"])
+        for start in range(0, n, block):
+            yield start, self.read_rows(split, name, start, min(n, start + block))
 
     def _legacy_check(self, name: str, arrays: dict) -> None:
         """Caches written before per-array checksums: the whole-shard sha256 of format 1."""

@@ -142,3 +142,49 @@ def test_checksums_tell_their_algorithm():
     assert not layout.checksum_matches("image_emb", y, new)
     with pytest.raises(ValueError, match="unknown checksum algorithm"):
         layout.array_checksum("image_emb", x, "md5")
+
+
+# -- the one ranged read: Cache.read_rows / iter_blocks -------------------------------------
+def _flip_payload(path, rel: str, at: int = 100, n: int = 16) -> None:
+    f = path / rel
+    b = bytearray(f.read_bytes())
+    b[at : at + n] = bytes(x ^ 0xFF for x in b[at : at + n])  # image_emb is stored raw
+    f.write_bytes(bytes(b))
+
+
+def test_ranged_reads_are_checked_per_shard_and_equal_the_whole_read(tmp_path):
+    path = _cache(tmp_path / "c.zarr", views=False)
+    with open_cache(path) as c:
+        whole = c.read("train", "image_emb")
+        assert np.array_equal(c.read_rows("train", "image_emb", 5, 37), whole[5:37])
+        blocks = list(c.iter_blocks("train", "image_emb"))
+        assert [s for s, _ in blocks] == [0, 16, 32]
+        assert np.array_equal(np.concatenate([b for _, b in blocks]), whole)
+        with pytest.raises(ValueError, match="outside split 'train' of 40 rows"):
+            c.read_rows("train", "image_emb", 30, 41)
+    _flip_payload(path, "train/image_emb/c/1/0")  # shard 1: rows 16..31
+    with open_cache(path) as c:
+        assert c.read_rows("train", "image_emb", 0, 16).shape == (16, E_DIM)  # shard 0 is fine
+        with pytest.raises(CacheCorruptError, match="train/image_emb, shard 1"):
+            c.read_rows("train", "image_emb", 30, 33)  # touches shard 1: decoded whole, checked
+        with pytest.raises(CacheCorruptError, match="shard 1"):
+            list(c.iter_blocks("train", "image_emb"))
+    with open_cache(path, verify=False) as c:
+        assert c.read_rows("train", "image_emb", 30, 33).shape == (3, E_DIM)
+
+
+@pytest.mark.parametrize("stream", ["off", "on"])
+def test_fit_sae_refuses_a_bit_flipped_train_split(tmp_path, stream):
+    """The SAE reads its training rows through the checked ranged read, whole or streamed."""
+    from clipcbm.heads.sae.config import FitSaeConfig
+    from clipcbm.heads.sae.train import run
+
+    path = _cache(tmp_path / "c.zarr", views=False)
+    _flip_payload(path, "train/image_emb/c/2/0")  # shard 2: rows 32..39
+    cfg = dict(cache=path, expansion=2, k=2, max_steps=5, batch_size=8, stream=stream,
+               stream_rows=16, progress=False, device="cpu")  # fmt: skip
+    with pytest.raises(CacheCorruptError, match="train/image_emb, shard 2"):
+        run(FitSaeConfig(out=tmp_path / "sae", **cfg))
+    assert not (tmp_path / "sae").exists()
+    res = run(FitSaeConfig(out=tmp_path / "sae-nv", verify=False, **cfg))  # the user's choice
+    assert (res.out_dir / "sae_weights.safetensors").exists()

@@ -26,16 +26,13 @@ log = logging.getLogger(__name__)
 
 
 def read_rows(cache, split: str, name: str, start: int, stop: int) -> np.ndarray:
-    """Rows [start, stop) of `split/name` without reading the whole array.
-
-    The public reader (`Cache.split`) loads whole splits; SAE training streams splits that
-    may not fit in memory, through the same storage backend.
-    """
-    return cache._b.read(f"{split}/{name}", start, stop)
+    """Rows [start, stop) of `split/name` without reading the whole array, checked per shard
+    like every read (`Cache.read_rows`; `--no-verify` skips it)."""
+    return cache.read_rows(split, name, start, stop)
 
 
 def split_rows(cache, split: str) -> int:
-    return int(cache._b.shape(f"{split}/labels")[0])
+    return cache.n_rows(split)
 
 
 def _nonfinite_error(cache, split: str, bad: np.ndarray) -> HeadDataError:
