@@ -106,6 +106,10 @@ def bench(rows: int, dim: int, repeats: int, tmp: Path) -> dict:
         "s3_over_local": {
             c: round(best[f"s3_{c}"] / best[f"local_{c}"], 2) for c in ("checked", "unchecked")
         },
+        # what the per-shard checksum check costs (issue 22's target: local <= 1.15)
+        "checked_over_unchecked": {
+            w: round(best[f"{w}_checked"] / best[f"{w}_unchecked"], 3) for w in ("local", "s3")
+        },
         "push_s": round(push_s, 3),
         "store": "moto ThreadedMotoServer on 127.0.0.1 (in-memory S3), s3fs, zarr FsspecStore",
     }
@@ -125,6 +129,7 @@ def main(argv=None) -> None:
     for k, v in result["seconds"].items():
         print(f"{k:<18} {v:.3f} s")
     print(f"s3 / local: {result['s3_over_local']}")
+    print(f"checked / unchecked: {result['checked_over_unchecked']}")
     print(run.write(args.out, result))
 
 
