@@ -165,14 +165,20 @@ def model_fingerprint(metadata: dict) -> str:
 _KEY_COEF = np.random.default_rng(20261202).integers(1, 2**62, size=4096, dtype=np.int64)
 
 
+KEY_BLOCK_ROWS = 65536
+
+
 def row_keys(emb16: np.ndarray) -> np.ndarray:
     """(N,) int64 key per fp16 row: an exact integer hash of its bits (equal rows, equal keys;
     wrap-around integer arithmetic, so no rounding can make two equal rows differ)."""
-    bits = np.ascontiguousarray(emb16, dtype="<f2").view("<u2").astype(np.int64)
-    e = bits.shape[1]
-    coef = np.resize(_KEY_COEF, e)
-    with np.errstate(over="ignore"):
-        return bits @ coef
+    emb16 = np.asarray(emb16)
+    coef = np.resize(_KEY_COEF, emb16.shape[1])
+    out = np.empty(len(emb16), dtype=np.int64)
+    for s in range(0, len(emb16), KEY_BLOCK_ROWS):  # an (rows, E) int64 copy per block only
+        bits = np.ascontiguousarray(emb16[s : s + KEY_BLOCK_ROWS], dtype="<f2").view("<u2")
+        with np.errstate(over="ignore"):
+            out[s : s + KEY_BLOCK_ROWS] = bits.astype(np.int64) @ coef
+    return out
 
 
 def count_overlap(a: dict, b: dict) -> dict:
@@ -184,13 +190,14 @@ def count_overlap(a: dict, b: dict) -> dict:
     order = np.argsort(ka, kind="stable")
     ka_sorted, kb = ka[order], row_keys(b["image_emb"])
     cand = np.flatnonzero(np.asarray(b["ok"], bool) & np.isin(kb, ka_sorted))
-    same = 0
-    for j in cand:  # confirm exact equality: a key collision is not an overlap
-        lo, hi = (
-            np.searchsorted(ka_sorted, kb[j], "left"),
-            np.searchsorted(ka_sorted, kb[j], "right"),
-        )
-        rows = valid[order[lo:hi]]
-        same += bool(np.any(np.all(a["image_emb"][rows] == b["image_emb"][j], axis=1)))
+    lo = np.searchsorted(ka_sorted, kb[cand], "left")
+    hi = np.searchsorted(ka_sorted, kb[cand], "right")
+    # confirm exact equality (a key collision is not an overlap): one row of `a` per key, the
+    # usual case, compared all at once; keys shared by several rows of `a`, one by one
+    one = hi - lo == 1
+    ea, eb = a["image_emb"], b["image_emb"]
+    same = int(np.all(ea[valid[order[lo[one]]]] == eb[cand[one]], axis=1).sum()) if one.any() else 0
+    for j, first, last in zip(cand[~one], lo[~one], hi[~one], strict=True):
+        same += bool(np.any(np.all(ea[valid[order[first:last]]] == eb[j], axis=1)))
     ids = len(set(map(str, a["ids"])) & set(map(str, b["ids"])))
     return {"embeddings": int(same), "ids": int(ids)}

@@ -1,0 +1,43 @@
+"""cache.layout.count_overlap (the split-overlap refusal's count) against a brute-force count."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from clipcbm.cache import layout
+
+
+def _split(rng, n, e, shared=None, dup=0):
+    emb = rng.normal(size=(n, e)).astype(np.float16)
+    if shared is not None:
+        emb[: len(shared)] = shared
+    if dup:
+        emb[-dup:] = emb[:dup]  # rows repeated inside the split
+    ok = rng.random(n) > 0.1
+    emb[~ok] = 0
+    return {"image_emb": emb, "ids": [f"r{i}" for i in range(n)], "ok": ok}
+
+
+def _brute(a, b) -> int:
+    rows_a = {r.tobytes() for r, k in zip(a["image_emb"], a["ok"], strict=True) if k}
+    return sum(r.tobytes() in rows_a for r, k in zip(b["image_emb"], b["ok"], strict=True) if k)
+
+
+@pytest.mark.parametrize("coarse_keys", [False, True])
+def test_count_overlap_equals_a_brute_force_count(monkeypatch, coarse_keys):
+    rng = np.random.default_rng(0)
+    a = _split(rng, 300, 16, dup=20)
+    b = _split(rng, 200, 16, shared=a["image_emb"][:70])
+    if coarse_keys:  # every key collides with many others: the exact check must decide
+        real = layout.row_keys
+        monkeypatch.setattr(layout, "row_keys", lambda x: real(x) % 7)
+    got = layout.count_overlap(a, b)
+    assert got["embeddings"] == _brute(a, b) and 40 < got["embeddings"] <= 70
+    assert got["ids"] == 200
+
+
+def test_row_keys_are_computed_in_blocks_with_the_same_result(monkeypatch):
+    x = np.random.default_rng(1).normal(size=(1000, 8)).astype(np.float16)
+    whole = layout.row_keys(x)
+    monkeypatch.setattr(layout, "KEY_BLOCK_ROWS", 64)
+    assert np.array_equal(layout.row_keys(x), whole)
