@@ -37,6 +37,7 @@ CUTOFF = 0.45  # interpretability cutoff on the validation cos³ similarity
 PROJ_STEPS = 1000
 PROJ_LR = 1e-3
 PROJ_BATCH = 50_000
+TARGET_ROWS = 200_000  # fit rows up to which the targets are computed once, whole
 
 
 def cos3_similarity(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -63,14 +64,18 @@ def fit_label_free_cbm(data, *, nec: float = 5.0, seed: int = 0, steps: int = PR
     """Label-free CBM on HeadData `data`; test metrics of the resulting head."""
     x_fit, x_val = data.train.x[data.train_idx], data.train.x[data.val_idx]
     d = data.text.concept_emb
-    p_fit, p_val = x_fit @ d.T, x_val @ d.T
+    # the targets P = I D^T: kept whole only up to TARGET_ROWS fit rows (an N x |D| fp32 matrix
+    # is ~24 GB at ImageNet size); above, each batch's rows are computed when drawn
+    p_fit = x_fit @ d.T if len(x_fit) <= TARGET_ROWS else None
+    p_val = x_val @ d.T
     g = torch.Generator().manual_seed(seed)
     w = (torch.randn(d.shape, generator=g) / d.shape[1] ** 0.5).to(d).requires_grad_(True)
     opt = torch.optim.Adam([w], lr=PROJ_LR)
     best, best_w = -float("inf"), w.detach().clone()
     for step in range(steps):
         rows = torch.randperm(len(x_fit), generator=g)[:PROJ_BATCH].to(x_fit.device)
-        loss = -cos3_similarity(x_fit[rows] @ w.T, p_fit[rows]).mean()
+        xb = x_fit[rows]
+        loss = -cos3_similarity(xb @ w.T, xb @ d.T if p_fit is None else p_fit[rows]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
