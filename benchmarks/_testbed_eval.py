@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import debiased as db  # noqa: E402  (seed 002's study: run names, losses, summaries)
 import sae as sae_bench  # noqa: E402  (the SAE benchmark: PCA baseline)
+
 from clipcbm.cache import open_cache, write_cache  # noqa: E402
 
 CLI = ROOT / "cli.py"

@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _provenance import Run, quick_out  # noqa: E402
+
 from clipcbm.pipeline.attribution import known_answer as ka  # noqa: E402
 from clipcbm.pipeline.attribution.baselines import BASELINE_FNS  # noqa: E402
 from clipcbm.pipeline.attribution.bottleneck import M2IBSettings  # noqa: E402

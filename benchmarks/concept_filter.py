@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _provenance import Run, add_common_args, parse_args  # noqa: E402
+
 from clipcbm.pipeline.concepts.filter import FilterRules, filter_concepts, normalize_concept  # noqa: E402
 from clipcbm.pipeline.concepts.similarity import sentence_embedder  # noqa: E402
 

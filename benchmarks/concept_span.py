@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _provenance import Run, add_common_args, parse_args  # noqa: E402
+
 from clipcbm.cache import open_cache  # noqa: E402
 
 DEFAULT_CACHES = {

@@ -47,10 +47,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _provenance import Run, add_common_args, parse_args  # noqa: E402
+from fit_head_speed import SIZES, make_cache  # noqa: E402
+
 from clipcbm.cache.planted import N_TEST, N_TRAIN, make_planted_cache  # noqa: E402
 from clipcbm.heads.cbm.config import FitHeadConfig  # noqa: E402
 from clipcbm.heads.cbm.train import run  # noqa: E402
-from fit_head_speed import SIZES, make_cache  # noqa: E402
 
 PLANTED = dict(n_classes=8, n_concepts=40, noise=2.0, seed=0)  # = planted_heads.py's defaults
 OVERRIDES = {  # FitHeadConfig fields set per cache (the rest are fit-head's defaults)

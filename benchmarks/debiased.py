@@ -65,6 +65,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import description_proxy as dp  # noqa: E402
 from _provenance import Run, quick_out  # noqa: E402
+
 from clipcbm.cache import open_cache, write_cache  # noqa: E402
 from clipcbm.pipeline.augment import augment_text, view_seed  # noqa: E402
 

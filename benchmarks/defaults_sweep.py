@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _provenance import Run, add_common_args, parse_args  # noqa: E402
+
 from clipcbm.cache.planted import make_planted_cache  # noqa: E402
 from clipcbm.heads.cbm.config import FitHeadConfig  # noqa: E402
 from clipcbm.heads.cbm.train import run  # noqa: E402

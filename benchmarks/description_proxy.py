@@ -63,6 +63,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _provenance import Run, quick_out  # noqa: E402
+
 from clipcbm.cache import open_cache, write_cache  # noqa: E402
 from clipcbm.cache.planted import make_planted_cache  # noqa: E402
 from clipcbm.cache.synthetic import _unit_rows  # noqa: E402  (the writer's normalisation, bit for bit)

@@ -67,6 +67,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _provenance import Run, quick_out  # noqa: E402
+
 from clipcbm.heads.cbm.elastic_net import elastic_net_objective, fit_elastic_net  # noqa: E402
 
 # n_train, n_test, |D|, |C|, true concepts per class, shared factors, logit scale

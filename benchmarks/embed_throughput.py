@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _provenance import Run, add_common_args, parse_args  # noqa: E402
+
 from clipcbm.pipeline.embed import EmbedConfig, _collate, _Decoded, run  # noqa: E402
 from clipcbm.pipeline.encoder import DTYPES, ClipEncoder  # noqa: E402
 from clipcbm.pipeline.preprocess import PreprocessSpec, normalize_batch  # noqa: E402
@@ -121,8 +122,9 @@ def image_folder(data: Path, n: int, tmp: Path, name: str = "images") -> Path:
 
 
 def bench_decode(root: Path, workers: int, batch: int) -> float:
-    from clipcbm.pipeline.datasets import build_dataset
     from torch.utils.data import DataLoader
+
+    from clipcbm.pipeline.datasets import build_dataset
 
     ds = build_dataset("imagefolder", root, "test")
     loader = DataLoader(

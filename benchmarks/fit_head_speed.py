@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _provenance import Run, add_common_args, parse_args  # noqa: E402
+
 from clipcbm.cache import open_cache, write_cache  # noqa: E402
 from clipcbm.heads.cbm.config import FitHeadConfig  # noqa: E402
 from clipcbm.heads.cbm.losses import tau_schedule  # noqa: E402

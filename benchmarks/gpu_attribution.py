@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _provenance import Run, add_common_args, parse_args  # noqa: E402
+
 from clipcbm.pipeline.attribution.bottleneck import (  # noqa: E402
     M2IBSettings,
     attribute_images,

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _provenance import Run, add_common_args, parse_args  # noqa: E402
+
 from clipcbm.heads.sae.config import FitSaeConfig  # noqa: E402
 from clipcbm.heads.sae.data import TrainRows  # noqa: E402
 from clipcbm.heads.sae.metrics import evaluate_sae  # noqa: E402

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _provenance import Run, add_common_args, parse_args  # noqa: E402
+
 from clipcbm.cache import open_cache  # noqa: E402
 from clipcbm.cache.planted import N_TEST, N_TRAIN, make_planted_cache, planted_from_cache  # noqa: E402
 from clipcbm.heads.cbm.config import FitHeadConfig  # noqa: E402

@@ -66,6 +66,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _provenance import Run, quick_out  # noqa: E402
+
 from clipcbm.heads.baselines.logreg import (  # noqa: E402
     DEFAULT_L2_GRID,
     fit_logreg_path,

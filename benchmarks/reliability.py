@@ -43,6 +43,7 @@ PARTS = ("reads", "jpeg", "faults", "concurrent")
 
 def bench_checked_reads(rows: int, dim: int, tmp: Path) -> dict:
     import torch
+
     from clipcbm.cache import open_cache, write_cache
 
     rng = np.random.default_rng(0)
@@ -74,10 +75,11 @@ def bench_jpeg_draft(n: int, short_side: int | None = None) -> dict:
     """Decode rate with and without the draft step. short_side: re-encode each JPEG (quality
     90) at this short side first — camera-sized photos, where decode is the bottleneck; the
     ImageNet sample itself is ~500x375, below 2x the 224 target, so the draft rarely applies."""
+    from PIL import Image
+
     from clipcbm.pipeline.datasets import build_dataset
     from clipcbm.pipeline.embed import _Decoded
     from clipcbm.pipeline.preprocess import PreprocessSpec
-    from PIL import Image
 
     files = sorted((SHARED / "imagenet_sample").glob("*.JPEG"))[:n]
     with tempfile.TemporaryDirectory() as d:

@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _provenance import Run, add_common_args, parse_args  # noqa: E402
+
 from clipcbm.cache import open_cache, write_cache  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"

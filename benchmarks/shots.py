@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _provenance import Run, add_common_args, parse_args  # noqa: E402
+
 from clipcbm.cache import open_cache, write_cache  # noqa: E402
 from clipcbm.heads.baselines.sklearn_probe import SKLEARN_PROTOCOL  # noqa: E402
 
@@ -301,6 +302,7 @@ def zero_shot_ceiling(cache_path: Path) -> dict:
     test top-1. A ceiling for a CBM that keeps its zero-shot start, not a result (it sees test).
     """
     import torch
+
     from clipcbm.heads.cbm.config import FitHeadConfig, resolve_topk
     from clipcbm.heads.cbm.init import ridge_weights
     from clipcbm.heads.cbm.model import ConceptBottleneck

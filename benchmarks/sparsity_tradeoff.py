@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import description_proxy as dp  # noqa: E402
 from _provenance import Run, quick_out  # noqa: E402
+
 from clipcbm.cache import open_cache  # noqa: E402
 from clipcbm.cache.planted import make_planted_cache  # noqa: E402
 from clipcbm.heads.cbm.config import FitHeadConfig  # noqa: E402

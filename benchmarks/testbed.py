@@ -246,8 +246,9 @@ def make_tower(width: int, embed_dim: int):
 def _augment_batch(images: np.ndarray, rows, keys, kind: str, seed: int, split: str,
                    view: int) -> np.ndarray:  # fmt: skip
     """Photos `rows`, each augmented with view_seed(seed, split, key, view) for its `keys`."""
-    from clipcbm.pipeline.augment import augment_image, view_seed
     from PIL import Image
+
+    from clipcbm.pipeline.augment import augment_image, view_seed
 
     return np.stack([np.asarray(augment_image(Image.fromarray(images[r]),
                                               view_seed(seed, split, int(k), view), kind))

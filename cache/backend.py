@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from clipcbm.core.location import Location, as_location, is_remote, join, location_name, redact
 from clipcbm.core.progress import bar, is_terminal
 

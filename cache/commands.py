@@ -6,6 +6,7 @@ import json
 from typing import Annotated
 
 import typer
+
 from clipcbm.core.cli import fail, reported
 from clipcbm.core.location import as_location, location_str
 

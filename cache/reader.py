@@ -18,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+
 from clipcbm.core.location import Location, as_location, is_remote, redact
 
 from .backend import Backend

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from clipcbm.core.location import as_location
 
 from .layout import DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_ROWS, sha256_lines

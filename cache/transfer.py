@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+
 from clipcbm.core.location import Location, as_location, is_remote, location_str
 from clipcbm.core.progress import bar
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from clipcbm.core.location import Location, as_location, is_remote, scheme_of
 
 from .errors import CacheCorruptError, CacheError

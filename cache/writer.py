@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from clipcbm.core.location import Location, as_location, is_remote, location_str
 
 from .backend import Backend, encode_h5_attr, format_of

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
 from clipcbm.core.config import choices_of, flag_of
 from clipcbm.core.errors import ClipCbmError
 from clipcbm.core.location import as_location

@@ -11,9 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from clipcbm.cache.planted import make_planted_cache, planted_concepts
-
 import clipcbm
+from clipcbm.cache.planted import make_planted_cache, planted_concepts
 
 work = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="clipcbm-"))
 spec = dict(n_train=800, n_test=400, n_classes=8, n_concepts=40, noise=2.5, seed=0)

@@ -7,6 +7,7 @@ Options come from the config dataclasses (`heads.cbm.config`, `heads.eval.config
 from __future__ import annotations
 
 import typer
+
 from clipcbm.core.cli import config_command
 from clipcbm.heads.cbm.config import FitHeadConfig
 from clipcbm.heads.eval.config import CmsEvalConfig, CompareConfig, EvaluateConfig, ExplainConfig

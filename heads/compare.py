@@ -49,6 +49,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+
 from clipcbm.cache import open_cache, remote_bars
 from clipcbm.core import atomic
 from clipcbm.core.device import resolve_device

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
 from clipcbm.heads.psi import as_float_tensor, class_logits, concept_logits
 
 

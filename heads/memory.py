@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import torch
+
 from clipcbm.core.disk import human_bytes
 from clipcbm.heads.errors import InsufficientMemoryError
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
 from clipcbm.heads.errors import HeadsConfigError
 
 

@@ -8,6 +8,7 @@ runs, so `--help` stays fast.
 from __future__ import annotations
 
 import typer
+
 from clipcbm.core.cli import config_command
 from clipcbm.pipeline.concepts.config import ConceptsConfig
 from clipcbm.pipeline.config import EmbedConfig

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
+
 from clipcbm.cache import CacheWriter, sha256_lines
 from clipcbm.core.device import resolve_device
 from clipcbm.core.location import Location, is_remote, location_str
 from clipcbm.core.outputs import check_output_path, lock_target, locked
 from clipcbm.core.progress import bar as progress_bar
-from torch.utils.data import DataLoader, Dataset
 
 from .concepts.io import read_concept_file
 from .config import EmbedConfig

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
 from clipcbm.core.device import resolve_device
 from clipcbm.pipeline.config import DTYPE_TORCH_NAMES
 from clipcbm.pipeline.errors import PipelineError

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import typer
+
 from clipcbm.core.cli import config_command
 from clipcbm.core.config import option, validated
 from clipcbm.core.device import DEVICE_HELP, check_device

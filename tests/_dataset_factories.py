@@ -14,8 +14,9 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-from clipcbm.pipeline.classnames import imagenet_wnids, official_labels
 from PIL import Image
+
+from clipcbm.pipeline.classnames import imagenet_wnids, official_labels
 
 
 def color(k: int) -> tuple[int, int, int]:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
 from clipcbm.heads.cbm.model import ConceptBottleneck
 from clipcbm.heads.io.artifact import Head, save_head
-from torch import nn
 
 DENSE = 0.002  # weight on non-planted concepts (relative to 1 on a planted one)
 

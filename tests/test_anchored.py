@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from clipcbm.cache.planted import make_planted_cache
 from clipcbm.heads.baselines.logreg import (
     cv_folds,

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from clipcbm.cache.planted import make_planted_cache
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import clipcbm
+from clipcbm.cache.planted import make_planted_cache
 from clipcbm.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,6 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from clipcbm import cli
 from clipcbm.pipeline.attribution.bottleneck import (
     LayerBottleneck,
     M2IBSettings,
@@ -21,10 +25,6 @@ from clipcbm.pipeline.attribution.bottleneck import (
 )
 from clipcbm.pipeline.attribution.config import AttributeConfig
 from clipcbm.pipeline.errors import PipelineConfigError
-from PIL import Image
-from typer.testing import CliRunner
-
-from clipcbm import cli
 from tests._dataset_factories import make_imagefolder
 
 runner = CliRunner()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from clipcbm.pipeline.attribution import known_answer as ka
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+
 from clipcbm.pipeline.attribution.baselines import BASELINE_FNS
 from clipcbm.pipeline.attribution.evaluate import (
     average_ranks,

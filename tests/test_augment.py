@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from clipcbm.pipeline import augment
 from clipcbm.pipeline.augment import AUGMENTS, augment_image, augment_text, view_seed
-from PIL import Image
 
 
 def make_image(w: int = 40, h: int = 30) -> Image.Image:

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+
 from clipcbm.cache import (
     CacheExistsError,
     CacheWriter,

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import zarr
+
 from clipcbm.cache import CacheCorruptError, layout, open_cache, verify_cache, write_cache
 
 E_DIM, N = 8, 40

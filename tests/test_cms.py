@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from clipcbm.heads.baselines import normalize as cms_normalize
 from clipcbm.heads.baselines.cms import (
     NORMALIZE_CHOICES,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from clipcbm.cache.planted import make_planted_cache
-from clipcbm.heads.compare import markdown
-from clipcbm.heads.eval.config import METHODS, CompareConfig
 from typer.testing import CliRunner
 
+from clipcbm.cache.planted import make_planted_cache
 from clipcbm.cli import app
+from clipcbm.heads.compare import markdown
+from clipcbm.heads.eval.config import METHODS, CompareConfig
 
 runner = CliRunner()
 

@@ -9,12 +9,12 @@ import re
 
 import numpy as np
 import pytest
-from clipcbm.pipeline.concepts.conceptnet import ConceptNetAPI, conceptnet_candidates
-from clipcbm.pipeline.concepts.io import read_concept_file
-from clipcbm.pipeline.concepts.similarity import SIMILARITIES
 from typer.testing import CliRunner
 
 from clipcbm.cli import app
+from clipcbm.pipeline.concepts.conceptnet import ConceptNetAPI, conceptnet_candidates
+from clipcbm.pipeline.concepts.io import read_concept_file
+from clipcbm.pipeline.concepts.similarity import SIMILARITIES
 
 from .test_concepts_conceptnet import RecordedGetter
 from .test_concepts_filter import minilm_dir

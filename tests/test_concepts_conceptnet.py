@@ -11,6 +11,7 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
+
 from clipcbm.pipeline.concepts.conceptnet import (
     ConceptNetAPI,
     ConceptNetDump,

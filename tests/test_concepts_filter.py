@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from clipcbm.pipeline.concepts import filter as cfilter
 from clipcbm.pipeline.concepts.filter import (
     RULES,

@@ -6,6 +6,7 @@ import hashlib
 import logging
 
 import pytest
+
 from clipcbm.pipeline.concepts.io import (
     ConceptFileError,
     ConceptSet,
@@ -148,6 +149,7 @@ def test_raw_concepts_txt_and_csv(tmp_path):
 
 def test_run_with_nothing_left_raises_and_still_writes_the_dropped_list(tmp_path):
     import numpy as np
+
     from clipcbm.pipeline.concepts import ConceptsConfig, ConceptsError, run
 
     (tmp_path / "classes.txt").write_text("dog\n")

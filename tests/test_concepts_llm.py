@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from clipcbm.pipeline.concepts.config import ConceptsConfig
 from clipcbm.pipeline.concepts.llm import PARSERS, PROMPTS, HFGenerator, llm_candidates
 from clipcbm.pipeline.concepts.run import run

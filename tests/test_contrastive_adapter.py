@@ -8,16 +8,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
+
 from clipcbm.cache import open_cache, write_cache
 from clipcbm.cache.layout import model_fingerprint
+from clipcbm.cli import app
 from clipcbm.heads.contrastive.adapter import sample_views, train_projection
 from clipcbm.heads.contrastive.artifact import check_model, load_adapter, load_feature_transform
 from clipcbm.heads.contrastive.config import FitAdapterConfig, KnnEvalConfig
 from clipcbm.heads.errors import HeadCacheMismatchError, HeadFormatError, HeadsConfigError
 from clipcbm.heads.transforms import load_transform
-from typer.testing import CliRunner
-
-from clipcbm.cli import app
 
 torch.set_num_threads(1)
 runner = CliRunner()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from clipcbm.heads.contrastive import knn
 from clipcbm.heads.contrastive.knn import knn_scores, ranked_classes, topk_accuracy
 

@@ -8,6 +8,7 @@ from itertools import combinations
 
 import pytest
 import torch
+
 from clipcbm.heads.contrastive import AGGREGATES, LOSSES
 
 torch.set_num_threads(1)

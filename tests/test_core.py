@@ -5,15 +5,15 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from typer.testing import CliRunner
+
+from clipcbm.cli import app
 from clipcbm.core import atomic
 from clipcbm.core.config import flag_of
 from clipcbm.heads.cbm.config import FitHeadConfig
 from clipcbm.heads.eval.config import CmsEvalConfig, EvaluateConfig, ExplainConfig
 from clipcbm.pipeline.concepts.config import ConceptsConfig
 from clipcbm.pipeline.config import EmbedConfig
-from typer.testing import CliRunner
-
-from clipcbm.cli import app
 
 COMMANDS = {
     "embed": EmbedConfig,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from clipcbm.pipeline import classnames
 from clipcbm.pipeline.datasets import (
     DATASETS,
@@ -25,8 +27,6 @@ from clipcbm.pipeline.datasets import (
 )
 from clipcbm.pipeline.datasets import cifar as cifar_mod
 from clipcbm.pipeline.datasets import download as dl
-from PIL import Image
-
 from tests._dataset_factories import (
     color,
     make_cifar10,

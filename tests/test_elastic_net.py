@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from clipcbm.heads.cbm.elastic_net import (
     ElasticNetPath,
     elastic_net_objective,

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from clipcbm.cache import CacheWriter, open_cache, verify_cache
 from typer.testing import CliRunner
 
 from clipcbm import cli
+from clipcbm.cache import CacheWriter, open_cache, verify_cache
 from tests import _dataset_factories as fx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,9 +115,10 @@ def test_embed_every_dataset_kind(tiny_clip_dir, concepts, tmp_path, name):
 
 def test_embeddings_equal_direct_model_call(tiny_clip_dir, concepts, tmp_path):
     """The cached row is what the processor + model give for that image, and text is right."""
+    from transformers import CLIPImageProcessor
+
     from clipcbm.pipeline.datasets import build_dataset
     from clipcbm.pipeline.encoder import ClipEncoder
-    from transformers import CLIPImageProcessor
 
     root = fx.make_imagefolder(tmp_path / "data", per_class=3, ext=".jpg")
     out = tmp_path / "c.zarr"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from clipcbm.cache import CacheWriter, cache_info, open_cache, verify_cache
 from typer.testing import CliRunner
 
 import tests._dataset_factories as fx
+from clipcbm.cache import CacheWriter, cache_info, open_cache, verify_cache
 from clipcbm.cli import app
 
 runner = CliRunner()

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
 from clipcbm.core.device import DeviceError, resolve_device
 from clipcbm.pipeline.encoder import ClipEncoder, EncoderError, projected, resolve_dtype
 from clipcbm.pipeline.hub import ModelUnavailableError

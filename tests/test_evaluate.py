@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
+
 from clipcbm.cache import open_cache
 from clipcbm.cache.planted import make_planted_cache, planted_arrays, planted_from_cache
 from clipcbm.heads.eval.commands import (
@@ -18,8 +20,6 @@ from clipcbm.heads.eval.commands import (
 from clipcbm.heads.eval.metrics import NEC_GRID
 from clipcbm.heads.io.artifact import HeadCacheMismatchError, load_head
 from clipcbm.heads.io.evaldata import EvalInputError
-from typer.testing import CliRunner
-
 from tests._heads_eval_fixtures import (
     cache_arrays_with,
     nan_rows,

@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from typer.testing import CliRunner
+
 from clipcbm.cache import open_cache
 from clipcbm.cache.planted import make_planted_cache, planted_arrays, planted_from_cache
 from clipcbm.heads.eval.commands import ExplainConfig, run_explain
@@ -13,8 +15,6 @@ from clipcbm.heads.eval.explain import TABLE_COLUMNS, contribution_table, explai
 from clipcbm.heads.eval.plots import plot_confusion
 from clipcbm.heads.io.artifact import load_head
 from clipcbm.heads.io.evaldata import EvalInputError
-from typer.testing import CliRunner
-
 from tests._heads_eval_fixtures import cache_arrays_with, oracle_head, probe_head, write_arrays
 
 

@@ -6,18 +6,18 @@ from __future__ import annotations
 import hashlib
 import json
 
-import clipcbm.heads.transforms as transforms
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
+
+import clipcbm.heads.transforms as transforms
 from clipcbm.cache import open_cache
 from clipcbm.cache.layout import model_fingerprint
 from clipcbm.cache.planted import make_planted_cache
+from clipcbm.cli import app
 from clipcbm.heads.io.artifact import load_head
 from clipcbm.heads.transforms import FeatureTransform
-from typer.testing import CliRunner
-
-from clipcbm.cli import app
 
 runner = CliRunner()
 

@@ -2,10 +2,11 @@
 
 import json
 
-import clipcbm.heads.io.weights_dir as weights_dir
 import numpy as np
 import pytest
 import torch
+
+import clipcbm.heads.io.weights_dir as weights_dir
 from clipcbm.cache import open_cache, write_cache
 from clipcbm.cache.planted import make_planted_cache, planted_arrays
 from clipcbm.heads.cbm.config import FitHeadConfig

@@ -2,9 +2,9 @@
 
 import json
 
-from clipcbm.cache.planted import make_planted_cache
 from typer.testing import CliRunner
 
+from clipcbm.cache.planted import make_planted_cache
 from clipcbm.cli import app
 
 runner = CliRunner()

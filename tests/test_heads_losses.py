@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+
 from clipcbm.heads.cbm.losses import (
     CBL_LOSSES,
     contrastive_loss,

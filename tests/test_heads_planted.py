@@ -4,6 +4,7 @@ explanations and sparsity (issue 3 correctness evidence)."""
 import pytest
 import torch
 import torch.nn.functional as F
+
 from clipcbm.cache import open_cache
 from clipcbm.cache.planted import make_planted_cache, planted_from_cache
 from clipcbm.heads.cbm.config import FitHeadConfig

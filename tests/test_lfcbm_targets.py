@@ -4,6 +4,7 @@ result equals the whole-matrix run on a small cache."""
 from __future__ import annotations
 
 import pytest
+
 from clipcbm.cache import open_cache
 from clipcbm.cache.planted import make_planted_cache
 from clipcbm.heads.baselines import lfcbm

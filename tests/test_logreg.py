@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from clipcbm.heads.baselines.logreg import (
     LogRegFit,
     fit_logreg_path,

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from clipcbm.cache import write_cache
+from clipcbm.cli import app
 from clipcbm.core.outputs import (
     OutputBusyError,
     OutputLock,
@@ -25,9 +28,6 @@ from clipcbm.core.outputs import (
     check_replaceable,
     lock_path,
 )
-from typer.testing import CliRunner
-
-from clipcbm.cli import app
 from tests import _dataset_factories as fx
 
 ROOT = Path(__file__).resolve().parents[1]

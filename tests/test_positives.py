@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from clipcbm.heads.cbm.losses import contrastive_loss
 from clipcbm.heads.cbm.positives import (
     active_fraction,

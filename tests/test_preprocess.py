@@ -7,9 +7,10 @@ import io
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from clipcbm.pipeline.datasets.base import open_rgb
 from clipcbm.pipeline.preprocess import PreprocessSpec, crop_uint8, normalize_batch, resized_size
-from PIL import Image
 
 
 def _jpeg(w, h, mode="RGB", seed=0) -> Image.Image:

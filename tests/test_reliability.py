@@ -11,14 +11,14 @@ import time
 import urllib.error
 from pathlib import Path
 
-import clipcbm.cache.writer as cache_writer
-import clipcbm.core.atomic as atomic
 import numpy as np
 import pytest
-from clipcbm.cache import CacheWriter, cache_info, open_cache, verify_cache, write_cache
-from clipcbm.cache.errors import CacheCorruptError, CacheExistsError, CacheWriteError
 from typer.testing import CliRunner
 
+import clipcbm.cache.writer as cache_writer
+import clipcbm.core.atomic as atomic
+from clipcbm.cache import CacheWriter, cache_info, open_cache, verify_cache, write_cache
+from clipcbm.cache.errors import CacheCorruptError, CacheExistsError, CacheWriteError
 from clipcbm.cli import app
 
 runner = CliRunner()

@@ -36,9 +36,8 @@ from clipcbm.cache.errors import IncompleteCacheError, RemoteCacheError  # noqa:
 from clipcbm.cache.planted import make_planted_cache  # noqa: E402
 from clipcbm.cache.remote import MissingBackendError, Tree  # noqa: E402
 from clipcbm.cache.transfer import MARKS, copy_cache  # noqa: E402
-from clipcbm.core.location import as_location, location_stem, redact  # noqa: E402
-
 from clipcbm.cli import app  # noqa: E402
+from clipcbm.core.location import as_location, location_stem, redact  # noqa: E402
 
 runner = CliRunner()
 BUCKET = "caches"

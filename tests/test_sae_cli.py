@@ -7,15 +7,15 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from clipcbm.cache import open_cache, write_cache
-from clipcbm.cache.layout import model_fingerprint
-from clipcbm.cache.vocab import open_vocab
-from clipcbm.heads.sae import commands as sae_commands
-from clipcbm.heads.sae.artifact import load_feature_transform, load_sae
 from typer.testing import CliRunner
 
 import tests._dataset_factories as fx
+from clipcbm.cache import open_cache, write_cache
+from clipcbm.cache.layout import model_fingerprint
+from clipcbm.cache.vocab import open_vocab
 from clipcbm.cli import app
+from clipcbm.heads.sae import commands as sae_commands
+from clipcbm.heads.sae.artifact import load_feature_transform, load_sae
 
 runner = CliRunner()
 CONCEPTS = ["red fur", "four legs", "wings", "wheels", "stripes", "a tail"]

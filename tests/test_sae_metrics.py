@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from clipcbm.heads.eval.evaluate import Scorer
 from clipcbm.heads.features import TextTensors
 from clipcbm.heads.sae.metrics import ReconstructionMeter, evaluate_sae, reconstruct
 from clipcbm.heads.sae.model import TopKSAE
-from torch import nn
 
 E, F = 10, 40
 

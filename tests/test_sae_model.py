@@ -3,6 +3,7 @@ tied init, BatchTopK (heads/sae/model.py)."""
 
 import pytest
 import torch
+
 from clipcbm.heads.sae.model import (
     TopKSAE,
     aux_loss,

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 from clipcbm.cache import open_cache, write_cache
 from clipcbm.cache.errors import CacheExistsError
 from clipcbm.cache.layout import model_fingerprint

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from clipcbm.cache import open_cache, write_cache
 from clipcbm.heads.errors import (
     HeadCacheMismatchError,

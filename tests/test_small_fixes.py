@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from clipcbm.cache import CacheWriter, open_cache, verify_cache, write_cache
-from clipcbm.cache.errors import CacheConfigError, IncompleteCacheError
 from typer.testing import CliRunner
 
 import tests._dataset_factories as fx
+from clipcbm.cache import CacheWriter, open_cache, verify_cache, write_cache
+from clipcbm.cache.errors import CacheConfigError, IncompleteCacheError
 from clipcbm.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,9 +79,10 @@ def no_hub_download(monkeypatch):
 def _warm_imports() -> None:
     """Import what the run imports anyway (torch for the device), so the clock measures the
     offline decision, not a cold import on a busy machine."""
+    import torch  # noqa: F401
+
     import clipcbm.core.device  # noqa: F401
     import clipcbm.pipeline.concepts.run  # noqa: F401
-    import torch  # noqa: F401
 
 
 def test_concepts_without_sim_model_fails_at_once_when_the_hub_is_unresolvable(

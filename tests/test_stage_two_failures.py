@@ -9,18 +9,18 @@ import errno
 import json
 from pathlib import Path
 
-import clipcbm.core.atomic as atomic
-import clipcbm.heads.cbm.train as cbm_train
-import clipcbm.heads.io.weights_dir as weights_dir
 import pytest
 import torch
-from clipcbm.cache import write_cache
-from clipcbm.cache.layout import DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_ROWS
-from clipcbm.core.disk import is_disk_full, os_errno
 from safetensors import SafetensorError
 from typer.testing import CliRunner
 
+import clipcbm.core.atomic as atomic
+import clipcbm.heads.cbm.train as cbm_train
+import clipcbm.heads.io.weights_dir as weights_dir
+from clipcbm.cache import write_cache
+from clipcbm.cache.layout import DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_ROWS
 from clipcbm.cli import app
+from clipcbm.core.disk import is_disk_full, os_errno
 from tests.test_reliability import _arrays as _reliability_arrays
 
 runner = CliRunner()

@@ -4,12 +4,12 @@
 import json
 
 import pytest
-from clipcbm.cache import open_cache
-from clipcbm.heads.io.artifact import load_head
 from typer.testing import CliRunner
 
 import tests._dataset_factories as fx
+from clipcbm.cache import open_cache
 from clipcbm.cli import app
+from clipcbm.heads.io.artifact import load_head
 
 runner = CliRunner()
 CONCEPTS = ["red fur", "four legs", "wings", "wheels", "stripes", "a tail"]

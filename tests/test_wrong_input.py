@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from clipcbm import cli
 from clipcbm.cache import open_cache, write_cache
 from clipcbm.cache.errors import CacheCorruptError
 from clipcbm.pipeline.datasets import UnreadableImageError
 from clipcbm.pipeline.datasets.base import open_rgb, to_rgb
 from clipcbm.pipeline.encoder import ClipEncoder, TextTooLongError, check_context
-from PIL import Image
-from typer.testing import CliRunner
-
-from clipcbm import cli
 from tests import _dataset_factories as fx
 
 runner = CliRunner()

@@ -33,6 +33,7 @@ from functools import cached_property
 
 import numpy as np
 import torch
+
 from clipcbm.core.progress import bar as progress_bar
 from clipcbm.heads.baselines.normalize import (  # noqa: F401
     ALIASES,

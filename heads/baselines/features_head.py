@@ -12,11 +12,12 @@ recorded in the head, and a head is refused on a cache of another model.
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from clipcbm.heads.baselines.probe import fit_logreg
 from clipcbm.heads.cbm.final_layer import fit_sparse_linear
 from clipcbm.heads.chunks import iter_chunks
 from clipcbm.heads.io.data import HeadData
-from torch import nn
 
 
 def features_of(data: HeadData, rows) -> torch.Tensor:

@@ -21,6 +21,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+
 from clipcbm.heads.cbm.elastic_net import fit_elastic_net
 from clipcbm.heads.eval.metrics import (
     NecEvaluator,

@@ -17,11 +17,12 @@ import logging
 import math
 
 import torch
+from torch import nn
+
 from clipcbm.heads.baselines.logreg import fit_logreg_cv, fit_logreg_path
 from clipcbm.heads.chunks import CHUNK_ROWS, iter_chunks
 from clipcbm.heads.features import FEATURES
 from clipcbm.heads.io.data import HeadData
-from torch import nn
 
 log = logging.getLogger(__name__)
 

@@ -30,6 +30,7 @@ import logging
 
 import torch
 import torch.nn.functional as F
+
 from clipcbm.heads.cbm.elastic_net import fit_elastic_net
 from clipcbm.heads.chunks import iter_chunks
 from clipcbm.heads.eval.metrics import truncate_rows

@@ -32,6 +32,7 @@ import logging
 import math
 
 import torch
+
 from clipcbm.heads.cbm.positives import links_from_concept_classes, nearest_concept_links
 from clipcbm.heads.features import FEATURES
 from clipcbm.heads.memory import require

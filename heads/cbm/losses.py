@@ -34,6 +34,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
 from clipcbm.heads.cbm.positives import (
     class_positive_mask,
     gumbel_multi_positive_loss,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from clipcbm.cache import open_cache, remote_bars
 from clipcbm.core.device import resolve_device
 from clipcbm.core.outputs import owned_output

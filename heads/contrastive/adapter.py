@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from clipcbm.core.device import resolve_device
 from clipcbm.core.outputs import owned_output
 from clipcbm.core.progress import bar as progress_bar
 from clipcbm.heads.contrastive.config import FitAdapterConfig
 from clipcbm.heads.contrastive.losses import LOSSES
 from clipcbm.heads.errors import HeadDataError, OutputExistsError
-from torch import nn
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
 from clipcbm.heads.contrastive.adapter import Projection
 from clipcbm.heads.errors import HeadCacheMismatchError, HeadFormatError
 from clipcbm.heads.io.weights_dir import CONFIG, WeightsDir

@@ -6,6 +6,7 @@ Options come from `heads.contrastive.config`; torch is imported only when a comm
 from __future__ import annotations
 
 import typer
+
 from clipcbm.core.cli import config_command
 from clipcbm.heads.contrastive.config import FitAdapterConfig, KnnEvalConfig
 

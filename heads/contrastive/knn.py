@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from clipcbm.heads.errors import EvalInputError
 from torch import Tensor
+
+from clipcbm.heads.errors import EvalInputError
 
 WEIGHTINGS = ("exp", "majority")
 BACKENDS = ("auto", "torch", "faiss")

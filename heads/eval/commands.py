@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
 from clipcbm.cache import open_cache, remote_bars
 from clipcbm.core.device import resolve_device
 from clipcbm.heads.baselines.cms import build_scorer, cms_predict, resolve_normalize

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from clipcbm.core.progress import bar as progress_bar
 from clipcbm.heads.chunks import CHUNK_ROWS, iter_chunks
 from clipcbm.heads.eval.metrics import (
@@ -33,7 +35,6 @@ from clipcbm.heads.eval.metrics import (
 )
 from clipcbm.heads.features import FEATURES, TextTensors
 from clipcbm.heads.psi import as_float_tensor
-from torch import nn
 
 
 @dataclass

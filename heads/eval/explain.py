@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+
 from clipcbm.heads.baselines.cms import CmsScorer, cms_explain
 
 TABLE_COLUMNS = ("rank", "concept_index", "concept", "activation", "weight", "contribution")

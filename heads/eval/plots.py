@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from clipcbm.core import atomic
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from clipcbm.core import atomic
 
 MAX_TICK_LABELS = 40  # above this many classes the axes carry no class names
 MAX_LABEL_CHARS = 40  # longer concept names are cut with an ellipsis

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from clipcbm.heads.cbm.model import ConceptBottleneck
 from clipcbm.heads.chunks import iter_chunks
 from clipcbm.heads.errors import HeadCacheMismatchError, HeadFormatError
@@ -21,7 +23,6 @@ from clipcbm.heads.eval.evaluate import Scorer, predict
 from clipcbm.heads.features import TextTensors
 from clipcbm.heads.io.weights_dir import WeightsDir
 from clipcbm.heads.psi import as_float_tensor
-from torch import nn
 
 FORMAT_VERSION = 2  # 2: atomic directory, weights_sha256 recorded; 1: no checksum
 REQUIRED_KEYS = ("kind", "n_concepts", "n_classes", "embed_dim", "cache_fingerprint")

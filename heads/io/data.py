@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
 from clipcbm.heads.errors import HeadCacheMismatchError, HeadDataError
 from clipcbm.heads.features import TextTensors
 from clipcbm.heads.io.evaldata import check_disjoint

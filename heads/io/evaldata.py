@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from clipcbm.core import atomic
 from clipcbm.core.location import is_remote
 from clipcbm.heads.errors import EvalInputError, OutputExistsError

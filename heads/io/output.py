@@ -28,9 +28,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from clipcbm.core.disk import describe_failure, os_errno
 from clipcbm.heads.errors import OutputWriteError
-from safetensors import SafetensorError
 
 
 def _absolute(path) -> Path:

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
 from clipcbm.core import atomic
 from clipcbm.core.outputs import Ownership
 from clipcbm.heads.errors import HeadFormatError
 from clipcbm.heads.io.output import write_errors
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import nn
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"

@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
 from clipcbm.cache.layout import model_fingerprint
 from clipcbm.core import atomic
 from clipcbm.core.outputs import Ownership
@@ -33,8 +36,6 @@ from clipcbm.heads.io.output import write_errors
 from clipcbm.heads.sae.model import TopKSAE
 from clipcbm.heads.sae.naming import display_names
 from clipcbm.heads.transforms import FeatureTransform
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 WEIGHTS = "sae_weights.safetensors"  # SAELens's SAE_WEIGHTS_FILENAME
 CONFIG = "cfg.json"  # SAELens's SAE_CFG_FILENAME

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import typer
+
 from clipcbm.core.cli import config_command
 from clipcbm.heads.errors import HeadsConfigError
 from clipcbm.heads.sae.config import FitSaeConfig, SaeEvalConfig, SaeInspectConfig

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from clipcbm.heads.errors import HeadDataError
 
 log = logging.getLogger(__name__)

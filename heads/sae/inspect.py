@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
 from clipcbm.cache import open_cache
 from clipcbm.core import atomic
 from clipcbm.core.device import resolve_device

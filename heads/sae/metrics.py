@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+
 from clipcbm.heads.chunks import CHUNK_ROWS, iter_chunks
 from clipcbm.heads.eval.evaluate import Scorer, top1
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+
 from clipcbm.heads.chunks import iter_chunks
 from clipcbm.heads.eval.metrics import ranked
 

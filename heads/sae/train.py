@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
 from clipcbm.cache import open_cache, remote_bars
 from clipcbm.cache.layout import model_fingerprint
 from clipcbm.core.device import resolve_device

@@ -27,6 +27,7 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
+
 from clipcbm.pipeline.attribution.config import M2IBSettings
 
 _STD_FLOOR = 1e-5  # dead channels ("stats" noise) must not divide by zero

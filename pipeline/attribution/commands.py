@@ -7,6 +7,7 @@ a command runs.
 from __future__ import annotations
 
 import typer
+
 from clipcbm.core.cli import config_command
 from clipcbm.pipeline.attribution.config import AttributeConfig, AttributeEvalConfig
 

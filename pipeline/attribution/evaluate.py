@@ -39,11 +39,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
 from clipcbm.core import atomic
 from clipcbm.pipeline.attribution.baselines import BASELINE_FNS, Batch, image_cos, text_cos
 from clipcbm.pipeline.attribution.maps import AttributionInputError, grid_to_crop
 from clipcbm.pipeline.preprocess import normalize_batch
-from PIL import Image
 
 METRICS = ("vdrop", "vincr", "tdrop", "tincr", "deletion_image", "insertion_image",
            "deletion_text", "insertion_text")  # fmt: skip
@@ -166,6 +167,7 @@ def _load_pairs(folder: Path):
 
 def run(cfg):
     import pandas as pd
+
     from clipcbm.pipeline.attribution.maps import load_model
 
     folder = Path(cfg.input)

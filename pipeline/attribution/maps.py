@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
 from clipcbm.core import atomic
 from clipcbm.core.outputs import Ownership, owned_output
 from clipcbm.pipeline.attribution.bottleneck import (
@@ -31,7 +33,6 @@ from clipcbm.pipeline.attribution.config import AttributeConfig
 from clipcbm.pipeline.encoder import check_context
 from clipcbm.pipeline.errors import OutputExistsError, PipelineError
 from clipcbm.pipeline.preprocess import PreprocessSpec, crop_uint8, normalize_batch, resized_size
-from PIL import Image
 
 log = logging.getLogger(__name__)
 DEFAULT_TEMPLATE = "a photo of a {}."

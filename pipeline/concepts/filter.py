@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from clipcbm.core.progress import bar as progress_bar
 
 from .io import ConceptSet

@@ -171,8 +171,9 @@ class HFGenerator:
 
         kw = pretrained_kwargs(model_id, flag="--llm /path/to/model")  # offline: fail fast
         import torch
-        from clipcbm.core.device import resolve_device
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from clipcbm.core.device import resolve_device
 
         dev = resolve_device(device)
         dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32

@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+
 from clipcbm.core.progress import is_terminal
 from clipcbm.pipeline.errors import PipelineError
 

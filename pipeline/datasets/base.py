@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from clipcbm.pipeline.errors import PipelineError
 from PIL import Image
+
+from clipcbm.pipeline.errors import PipelineError
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
