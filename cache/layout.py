@@ -185,19 +185,57 @@ def count_overlap(a: dict, b: dict) -> dict:
     """Rows shared by two splits: {"embeddings": rows of `b` whose fp16 embedding equals a row
     of `a` exactly, "ids": ids present in both}. Each of a, b: image_emb (fp16), ids, ok;
     unreadable rows (zeros) never count."""
-    valid = np.flatnonzero(np.asarray(a["ok"], bool))
-    ka = row_keys(a["image_emb"])[valid]
-    order = np.argsort(ka, kind="stable")
-    ka_sorted, kb = ka[order], row_keys(b["image_emb"])
-    cand = np.flatnonzero(np.asarray(b["ok"], bool) & np.isin(kb, ka_sorted))
+
+    def reader(split):
+        return lambda name, start, stop: np.asarray(split[name][start:stop])
+
+    return count_overlap_streamed(reader(a), len(a["ok"]), reader(b), len(b["ok"]),
+                                  a["ids"], b["ids"])  # fmt: skip
+
+
+def _keys(read, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row_keys, ok) of a split read block by block: read(name, start, stop) -> rows."""
+    keys, ok = np.empty(n, dtype=np.int64), np.empty(n, dtype=bool)
+    for s in range(0, n, KEY_BLOCK_ROWS):
+        e = min(n, s + KEY_BLOCK_ROWS)
+        keys[s:e] = row_keys(read("image_emb", s, e))
+        ok[s:e] = np.asarray(read("ok", s, e), bool)
+    return keys, ok
+
+
+def _gather(read, rows: np.ndarray) -> np.ndarray:
+    """image_emb at sorted unique `rows`, reading only the blocks that hold one."""
+    parts = []
+    for blk in np.unique(rows // KEY_BLOCK_ROWS):
+        s = int(blk) * KEY_BLOCK_ROWS
+        inside = rows[(rows >= s) & (rows < s + KEY_BLOCK_ROWS)]
+        parts.append(np.asarray(read("image_emb", s, int(inside[-1]) + 1))[inside - s])
+    return np.concatenate(parts) if parts else np.empty((0, 0), np.float16)
+
+
+def count_overlap_streamed(read_a, n_a: int, read_b, n_b: int, ids_a, ids_b) -> dict:
+    """`count_overlap` of two splits read block by block (read(name, start, stop) -> rows of
+    image_emb / ok), so finalising a cache never holds a whole split: the keys (8 bytes a row)
+    find the candidates, and only the candidate rows are read again to confirm exact equality
+    (a key collision is not an overlap)."""
+    ka, ok_a = _keys(read_a, n_a)
+    kb, ok_b = _keys(read_b, n_b)
+    valid = np.flatnonzero(ok_a)
+    order = np.argsort(ka[valid], kind="stable")
+    ka_sorted = ka[valid][order]
+    cand = np.flatnonzero(ok_b & np.isin(kb, ka_sorted))
     lo = np.searchsorted(ka_sorted, kb[cand], "left")
     hi = np.searchsorted(ka_sorted, kb[cand], "right")
-    # confirm exact equality (a key collision is not an overlap): one row of `a` per key, the
-    # usual case, compared all at once; keys shared by several rows of `a`, one by one
-    one = hi - lo == 1
-    ea, eb = a["image_emb"], b["image_emb"]
-    same = int(np.all(ea[valid[order[lo[one]]]] == eb[cand[one]], axis=1).sum()) if one.any() else 0
-    for j, first, last in zip(cand[~one], lo[~one], hi[~one], strict=True):
-        same += bool(np.any(np.all(ea[valid[order[first:last]]] == eb[j], axis=1)))
-    ids = len(set(map(str, a["ids"])) & set(map(str, b["ids"])))
+    same = 0
+    if len(cand):
+        # every (row of a, row of b) pair with equal keys, compared at once
+        counts = hi - lo
+        pair_b = np.repeat(cand, counts)
+        starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
+        pair_a = valid[order[starts + np.arange(counts.sum())]]
+        rows_a, inv_a = np.unique(pair_a, return_inverse=True)
+        rows_b, inv_b = np.unique(pair_b, return_inverse=True)
+        equal = np.all(_gather(read_a, rows_a)[inv_a] == _gather(read_b, rows_b)[inv_b], axis=1)
+        same = len(np.unique(pair_b[equal]))
+    ids = len(set(map(str, ids_a)) & set(map(str, ids_b)))
     return {"embeddings": int(same), "ids": int(ids)}

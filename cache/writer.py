@@ -41,7 +41,7 @@ from .layout import (
     VIEW_ARRAY,
     ShardPlan,
     array_checksum,
-    count_overlap,
+    count_overlap_streamed,
     sha256_json,
     shard_checksum,
 )
@@ -537,15 +537,17 @@ class CacheWriter:
         splits = sorted(self.plans)
         if len(splits) < 2:
             return {}
-        data = {
-            s: {k: np.asarray(self._group[f"{s}/{k}"][:]) for k in ("image_emb", "ids", "ok")}
-            for s in splits
-        }
+
+        def reader(split):  # blocks of a split: finalising never holds a whole split
+            return lambda name, start, stop: self._group[f"{split}/{name}"][start:stop]
+
+        ids = {s: np.asarray(self._group[f"{s}/ids"][:]) for s in splits}
         return {
-            f"{a}|{b}": count_overlap(data[a], data[b])
+            f"{a}|{b}": count_overlap_streamed(reader(a), self.plans[a].n_rows, reader(b),
+                                               self.plans[b].n_rows, ids[a], ids[b])
             for i, a in enumerate(splits)
             for b in splits[i + 1 :]
-        }
+        }  # fmt: skip
 
 
 def _tree_bytes(path: Path) -> int:

@@ -24,8 +24,10 @@ def _brute(a, b) -> int:
     return sum(r.tobytes() in rows_a for r, k in zip(b["image_emb"], b["ok"], strict=True) if k)
 
 
-@pytest.mark.parametrize("coarse_keys", [False, True])
-def test_count_overlap_equals_a_brute_force_count(monkeypatch, coarse_keys):
+@pytest.mark.parametrize(("coarse_keys", "block"), [(False, 65536), (True, 65536), (True, 16)])
+def test_count_overlap_equals_a_brute_force_count(monkeypatch, coarse_keys, block):
+    """Whole, with colliding keys, and read in 16-row blocks (as finalising a cache does)."""
+    monkeypatch.setattr(layout, "KEY_BLOCK_ROWS", block)
     rng = np.random.default_rng(0)
     a = _split(rng, 300, 16, dup=20)
     b = _split(rng, 200, 16, shared=a["image_emb"][:70])
@@ -35,6 +37,22 @@ def test_count_overlap_equals_a_brute_force_count(monkeypatch, coarse_keys):
     got = layout.count_overlap(a, b)
     assert got["embeddings"] == _brute(a, b) and 40 < got["embeddings"] <= 70
     assert got["ids"] == 200
+
+
+def test_a_finished_cache_records_the_overlap_it_was_written_with(tmp_path, monkeypatch):
+    from clipcbm.cache import open_cache, write_cache
+
+    rng = np.random.default_rng(3)
+    train = rng.normal(size=(90, 8))
+    test = np.concatenate([train[:7], rng.normal(size=(23, 8))])
+    monkeypatch.setattr(layout, "KEY_BLOCK_ROWS", 16)  # several blocks per split
+    path = write_cache(tmp_path / "c.zarr", splits={
+        "train": {"image_emb": train, "labels": np.zeros(90, int)},
+        "test": {"image_emb": test, "labels": np.zeros(30, int)}},
+        concepts=["a"], classes=["x"], concept_emb=train[:1], class_emb=train[:1],
+        shard_rows=32, chunk_rows=16)  # fmt: skip
+    with open_cache(path) as c:
+        assert c.metadata["overlap"]["test|train"]["embeddings"] == 7
 
 
 def test_row_keys_are_computed_in_blocks_with_the_same_result(monkeypatch):
