@@ -4,7 +4,7 @@ One split of a synthetic cache (default 200,000 x 768 fp16, 293 MiB of embedding
 locally and copied with `cache push` to moto's S3 server on 127.0.0.1 (real HTTP, real s3fs,
 no network: the figure is the client-side cost of the store — request handling, byte ranges,
 decoding — not a WAN's bandwidth). Then `open_cache(...).split("train")` is timed from each
-place, checked (per-shard sha256) and unchecked; the four reads are interleaved and repeated,
+place, checked (per-shard checksums) and unchecked; the four reads are interleaved and repeated,
 and the minimum of each is reported.
 
     python benchmarks/remote_read.py                 # -> benchmarks/results/remote_read.json

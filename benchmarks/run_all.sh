@@ -15,14 +15,14 @@ if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
          "is traceable to one commit" >&2
     exit 2
 fi
-if ! python -c "import torch, cache, heads" 2>/dev/null; then
+if ! python -c "import torch, clipcbm.cache, clipcbm.heads" 2>/dev/null; then
     echo "error: run it in the project's virtualenv (. .venv/bin/activate): python cannot" \
          "import torch and the project" >&2
     exit 2
 fi
 ALL=(description_proxy sparsity_tradeoff defaults_sweep planted_heads probe_vs_sklearn
      elastic_net_solvers fit_head_speed cms_speed reliability sae attribution debiased
-     concept_filter coupling_sweep remote_read)
+     concept_filter coupling_sweep remote_read finalize_scale)
 if [ "$#" -gt 0 ]; then RUN=("$@"); else RUN=("${ALL[@]}"); fi
 mkdir -p benchmarks/results/logs
 echo "commit $(git rev-parse HEAD)"
