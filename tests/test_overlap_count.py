@@ -55,6 +55,35 @@ def test_a_finished_cache_records_the_overlap_it_was_written_with(tmp_path, monk
         assert c.metadata["overlap"]["test|train"]["embeddings"] == 7
 
 
+def test_finalising_reads_the_splits_in_blocks_only(tmp_path, monkeypatch):
+    """The overlap count at finalize never asks the store for more than one block of rows."""
+    from clipcbm.cache import write_cache
+    from clipcbm.cache import writer as cache_writer
+
+    asked, real = [], cache_writer.count_overlap_streamed
+
+    def spy(read_a, n_a, read_b, n_b, ids_a, ids_b):
+        def wrap(read):
+            def counted(name, start, stop):
+                asked.append(stop - start)
+                return read(name, start, stop)
+
+            return counted
+
+        return real(wrap(read_a), n_a, wrap(read_b), n_b, ids_a, ids_b)
+
+    monkeypatch.setattr(cache_writer, "count_overlap_streamed", spy)
+    monkeypatch.setattr(layout, "KEY_BLOCK_ROWS", 16)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(100, 8))
+    write_cache(tmp_path / "c.zarr", splits={
+        "train": {"image_emb": x[:80], "labels": np.zeros(80, int)},
+        "test": {"image_emb": np.concatenate([x[:5], x[80:]]), "labels": np.zeros(25, int)}},
+        concepts=["a"], classes=["x"], concept_emb=x[:1], class_emb=x[:1], shard_rows=32,
+        chunk_rows=16)  # fmt: skip
+    assert asked and max(asked) <= 16  # blocks, never a split (80 rows) whole
+
+
 def test_row_keys_are_computed_in_blocks_with_the_same_result(monkeypatch):
     x = np.random.default_rng(1).normal(size=(1000, 8)).astype(np.float16)
     whole = layout.row_keys(x)
