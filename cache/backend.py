@@ -139,6 +139,10 @@ class Backend:
             return {k: decode_h5_attr(v) for k, v in node.attrs.items()}
         return dict(node.attrs)
 
+    def array_names(self, group: str) -> list[str]:
+        """The arrays of a (zarr) group, in store order."""
+        return list(self._node(group).array_keys())
+
     def has(self, name: str) -> bool:
         try:
             self._node(name)

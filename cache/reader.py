@@ -137,6 +137,16 @@ class Cache:
             self.check(group, name, data)
         return data
 
+    def read_unchecked(self, group: str, name: str) -> np.ndarray:
+        """Array `group/name` whole, as stored, without the checksum check: for `cache verify`,
+        which checks it itself (`check`) and goes on to report more. Damage a decoder sees (a
+        codec failure, a shard index) is still a CacheError."""
+        return self._b.read(f"{group}/{name}")
+
+    def has(self, group: str, name: str) -> bool:
+        """Whether the store has array `group/name`."""
+        return self._b.has(f"{group}/{name}")
+
     def check(self, group: str, name: str, data: np.ndarray) -> None:
         """Raise CacheCorruptError if `data` (array group/name as read) differs from the
         checksum recorded per shard when it was written (xxh3-128; sha256 in format 1)."""

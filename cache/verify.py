@@ -51,7 +51,7 @@ def _read_all(cache: Cache, group: str, names) -> tuple[dict, list[str]]:
     arrays, problems = {}, []
     for k in names:
         try:
-            arrays[k] = cache._b.read(f"{group}/{k}")
+            arrays[k] = cache.read_unchecked(group, k)
         except CacheError as e:  # storage level: codec, shard index, truncated file
             problems.append(str(e))
             continue
@@ -67,7 +67,7 @@ def _n_classes(cache: Cache) -> int:
     try:
         return len(cache.classes)
     except CacheCorruptError:
-        return len(cache._b.read(f"{TEXT_GROUP}/classes"))
+        return len(cache.read_unchecked(TEXT_GROUP, "classes"))
 
 
 def _check_split(cache: Cache, name: str) -> list[str]:
@@ -206,7 +206,7 @@ def cache_info(path: str | Path, storage_options: dict | None = None) -> dict:
                 "complete": a["complete"],
                 "unreadable": len(a.get("failures", [])),
             }
-        has_text = cache._b.has(f"{TEXT_GROUP}/concepts")
+        has_text = cache.has(TEXT_GROUP, "concepts")
         info = {k: v for k, v in cache.metadata.items() if k not in ("identity",)}
         info.update(
             {

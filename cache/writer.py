@@ -578,7 +578,7 @@ def _export(store: Path, tmp: Path) -> None:
             g = f.create_group(group)
             for k, v in src.attrs(group).items():
                 g.attrs[k] = encode_h5_attr(v)
-            for name in src._root[group].array_keys():
+            for name in src.array_names(group):
                 data = src.read(f"{group}/{name}")
                 if data.dtype.kind == "U":
                     g.create_dataset(name, data=data.astype(object), dtype=h5py.string_dtype())

@@ -59,3 +59,21 @@ def test_the_probe_sees_a_forbidden_import():
     # the same probe on `pipeline` does load torch (its encoder): the check can fail
     got = imported("pipeline")
     assert "torch" in got["roots"]
+
+
+def test_no_module_reads_a_cache_through_its_private_store():
+    """Every read goes through the checked public reader (Cache.read / read_rows / iter_blocks /
+    split): nothing outside a class touches its store (`._b`, `._root`) directly."""
+    import ast
+
+    offenders = []
+    for stage in ("cache", "core", "heads", "pipeline"):
+        for path in (ROOT / stage).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if (
+                    isinstance(node, ast.Attribute)
+                    and node.attr in ("_b", "_root")
+                    and not (isinstance(node.value, ast.Name) and node.value.id == "self")
+                ):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")  # fmt: skip
+    assert offenders == []
