@@ -122,6 +122,26 @@ def checksum_matches(name: str, values: np.ndarray, recorded: str) -> bool:
     return array_checksum(name, values, algo_of(recorded)) == recorded
 
 
+def first_bad_shard(name: str, data: np.ndarray, sums: list[str], shard_rows: int,
+                    first_row: int = 0, workers: int = 1) -> int | None:  # fmt: skip
+    """The first shard of `data` -- rows [first_row, first_row + len(data)) of array `name`,
+    starting and ending on shard boundaries -- whose checksum differs from its recorded one in
+    `sums` (one per shard of the split), or None. Each shard is hashed in the algorithm that
+    recorded it; `workers` threads hash shards at once (xxhash and hashlib release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    first = first_row // shard_rows
+    shards = range(first, -(-(first_row + len(data)) // shard_rows) if len(data) else first)
+
+    def matches(k: int) -> bool:
+        lo = k * shard_rows - first_row
+        return checksum_matches(name, data[lo : lo + shard_rows], sums[k])
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(shards), workers))) as pool:
+        ok = list(pool.map(matches, shards))
+    return next((k for k, good in zip(shards, ok, strict=True) if not good), None)
+
+
 def recorded_array_sums(attrs) -> dict:
     """A split's per-array, per-shard checksums: {name: [one per shard]} ({} if none)."""
     return dict(attrs.get("array_checksums") or attrs.get("array_sha256") or {})

@@ -12,7 +12,6 @@ that follows (`benchmarks/reliability.py`, README "Nothing wrong is used silentl
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -29,9 +28,8 @@ from .layout import (
     TEXT_GROUP,
     VIEW_ARRAY,
     ShardPlan,
-    algo_of,
-    array_checksum,
     checksum_matches,
+    first_bad_shard,
     recorded_array_sums,
     recorded_text_sums,
     shard_checksum,
@@ -168,21 +166,13 @@ class Cache:
         if len(sums) != plan.num_shards:
             raise self._damaged(f"{group}/{name}", f" ({len(sums)} checksums for "
                                 f"{plan.num_shards} shards)")  # fmt: skip
-        first = first_row // plan.shard_rows
-        shards = range(
-            first, -(-(first_row + len(data)) // plan.shard_rows) if len(data) else first
-        )
-        rows = [plan.rows(k) for k in shards]
-        algos = [algo_of(sums[k]) for k in shards]  # per shard: a resumed old cache may mix them
-        # xxhash and hashlib release the GIL on big buffers: shards are hashed on every core
-        with ThreadPoolExecutor(max_workers=min(len(rows), os.cpu_count() or 1) or 1) as pool:
-            got = list(pool.map(lambda r, a: array_checksum(
-                name, data[r.start - first_row : r.stop - first_row], a), rows, algos))  # fmt: skip
-        for k, r, g in zip(shards, rows, got, strict=True):
-            if g != sums[k]:
-                raise self._damaged(
-                    f"{group}/{name}", f", shard {k} (rows {r.start}..{r.stop - 1}),", r.start
-                )
+        k = first_bad_shard(name, data, sums, plan.shard_rows, first_row,
+                            workers=os.cpu_count() or 1)  # fmt: skip
+        if k is not None:
+            r = plan.rows(k)
+            raise self._damaged(
+                f"{group}/{name}", f", shard {k} (rows {r.start}..{r.stop - 1}),", r.start
+            )
 
     def n_rows(self, split: str) -> int:
         """Rows of `split` (read from the array's shape: nothing is decoded)."""

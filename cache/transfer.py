@@ -4,8 +4,8 @@ The copy goes object by object (every zarr.json, every shard). Each object is ha
 from the source and hashed again as read back from the destination; only a match writes its
 marker `.transfer/<key>.json` at the destination, so a re-run after a kill skips the objects
 already present and verified and copies the rest. Before the end every array is decoded at the
-destination and checked against the per-shard sha256 the writer recorded (the same check as a
-checked read), then the root `zarr.json` — which holds `complete: true` — is written last: until
+destination and checked against the per-shard checksums the writer recorded (the same check as
+a checked read), then the root `zarr.json` — which holds `complete: true` — is written last: until
 then the destination has no root group and no reader can take a partial copy for a cache.
 """
 
@@ -26,8 +26,8 @@ from .errors import CacheCorruptError, CacheError, CacheExistsError, RemoteCache
 from .layout import (
     TEXT_GROUP,
     ShardPlan,
-    algo_of,
-    array_checksum,
+    checksum_matches,
+    first_bad_shard,
     recorded_array_sums,
     recorded_text_sums,
 )
@@ -196,19 +196,19 @@ def _check_arrays(dst: Location, options: dict | None, splits: list[str]) -> Non
         attrs = dict(group.attrs)
         if name == TEXT_GROUP:
             for k, want in recorded_text_sums(attrs).items():
-                got = array_checksum(k, np.asarray(group[k][:]), algo_of(want))
-                _expect(dst, f"{name}/{k}", got, want)
+                _expect(dst, f"{name}/{k}", checksum_matches(k, np.asarray(group[k][:]), want))
             continue
         plan = ShardPlan(int(attrs["n"]), int(attrs["shard_rows"]))
         for k, sums in recorded_array_sums(attrs).items():
-            for s in range(plan.num_shards):
+            for s in range(plan.num_shards):  # one shard in memory at a time
                 r = plan.rows(s)
-                got = array_checksum(k, np.asarray(group[k][r.start : r.stop]), algo_of(sums[s]))
-                _expect(dst, f"{name}/{k} shard {s}", got, sums[s])
+                data = np.asarray(group[k][r.start : r.stop])
+                bad = first_bad_shard(k, data, sums, plan.shard_rows, r.start)
+                _expect(dst, f"{name}/{k} shard {s}", bad is None)
 
 
-def _expect(dst: Location, what: str, got: str, want: str) -> None:
-    if got != want:
+def _expect(dst: Location, what: str, ok: bool) -> None:
+    if not ok:
         raise CacheCorruptError(
             f"{what} copied to {location_str(dst)} does not match the checksum recorded when the "
             "cache was written: the source is damaged (check it with `cache verify`); the copy "

@@ -46,9 +46,7 @@ def open_cache(location, *, verify: bool = True, **options) -> Cache:
 
 def _location(cache) -> Any:
     """What a config's `cache` field takes: a path or URL (an open Cache gives its own)."""
-    if isinstance(cache, Cache):
-        return getattr(cache, "location", None) or cache.path
-    return cache
+    return cache.location if isinstance(cache, Cache) else cache
 
 
 def _head_dir(head) -> Path | None:
@@ -58,8 +56,12 @@ def _head_dir(head) -> Path | None:
 
 
 def _config(cls, **fields):
-    """cls(**fields), a wrong keyword named with the ones the command has."""
+    """cls(**fields), a wrong keyword named with the ones the command has; a repeatable option
+    (a tuple field, e.g. `methods`) also takes a list or one string, as the CLI takes one flag."""
+    tuples = {f.name for f in dataclasses.fields(cls) if isinstance(f.default, tuple)}
     known = {f.name for f in dataclasses.fields(cls)}
+    fields = {k: ((v,) if isinstance(v, str) else tuple(v)) if k in tuples else v
+              for k, v in fields.items()}  # fmt: skip
     unknown = sorted(set(fields) - known)
     if unknown:
         raise TypeError(
@@ -146,10 +148,6 @@ def compare(cache, **options):
     """`clipcbm compare`: every method on the same split; `.table` is the DataFrame."""
     from clipcbm.heads.compare import run_compare
 
-    if "methods" in options and isinstance(options["methods"], str):
-        options["methods"] = (options["methods"],)
-    if "methods" in options:
-        options["methods"] = tuple(options["methods"])
     return run_compare(_config(CompareConfig, cache=_location(cache), **options))
 
 
@@ -157,8 +155,4 @@ def cms_eval(cache, **options):
     """`clipcbm cms-eval`: concept-matching scores on the test split; `.table`."""
     from clipcbm.heads.eval.commands import run_cms_eval
 
-    if isinstance(options.get("splits"), str):
-        options["splits"] = (options["splits"],)
-    if "splits" in options:
-        options["splits"] = tuple(options["splits"])
     return run_cms_eval(_config(CmsEvalConfig, cache=_location(cache), **options))

@@ -75,3 +75,11 @@ def test_importing_clipcbm_stays_light():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True, cwd=ROOT)  # fmt: skip
     assert out.stdout.strip() == "False"
+
+
+def test_a_repeatable_option_takes_a_list_or_one_string(planted, tmp_path):
+    one = clipcbm.compare(planted, methods="zero-shot", out=tmp_path / "one", progress=False)
+    two = clipcbm.compare(planted, methods=["zero-shot", "probe"], out=tmp_path / "two",
+                          progress=False)  # fmt: skip
+    assert list(one.table["method"]) == ["zero-shot"]
+    assert list(two.table["method"]) == ["zero-shot", "probe"]
