@@ -1,13 +1,16 @@
 """CMS speed and peak memory at ImageNet-val scale (issue 3: < 60 s, < 4 GiB on a 2-core CPU).
 
 Synthetic CLIP-like unit embeddings (all rows share a common direction, as CLIP's do, so
-column normalisation is meaningful): N images x E, |D| concepts, |C| classes. Two
+column normalisation is meaningful): N images x E, |D| concepts, |C| classes. Three
 measurements per normalisation, each in a fresh child process so its peak RSS
 (`ru_maxrss`, which counts torch's allocations, unlike tracemalloc) is its own:
 
 - core: `heads.baselines.cms.cms_predict` on in-memory fp16 embeddings (+ zero-shot);
 - e2e:  `heads.eval.commands.run_cms_eval`, i.e. `cli.py cms-eval`, on a synthetic cache written
-        with `cache.write_cache`: cache read, CMS, zero-shot, 50k-row CSVs, metrics JSON.
+        with `cache.write_cache`: cache read, CMS, zero-shot, 50k-row CSVs, metrics JSON;
+- numpy: the plain numpy script a user would write instead (`numpy_script`: plain `zarr` read
+        of the same cache, V, T, argmax cos(V_n, T_m) per chunk, zero-shot, the same
+        predictions CSV); `numpy_over_e2e` = its seconds / cms-eval's (issue 22: >= 1).
 
 Each run records its wall seconds, CPU seconds, peak RSS (and peak GPU memory with
 `--device cuda`) and the CMS and zero-shot top-1 on the synthetic labels; `by_normalize` in the
@@ -15,7 +18,7 @@ JSON puts seconds and top-1 side by side per normalisation (the accuracy is part
 a fast normalisation that loses the classes is no win).
 
     python benchmarks/cms_speed.py                  # writes benchmarks/results/cms_speed.json
-    python benchmarks/cms_speed.py --repeats 3      # fastest of 3 per figure (a busy machine)
+    python benchmarks/cms_speed.py --repeats 1      # one run per figure (default: fastest of 3)
     python benchmarks/cms_speed.py --n 5000 --modes core   # quick look
     python benchmarks/cms_speed.py --device cuda --out benchmarks/results/gpu/cms.json
     python benchmarks/cms_speed.py --quick          # smoke run (CI): 2,000 x 64, |D| 200, |C| 20
@@ -45,9 +48,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _provenance import Run, add_common_args, parse_args  # noqa: E402
 
-# --quick: tiny shapes, one normalisation, both modes (two children): seconds, not a result
+# --quick: tiny shapes, one normalisation, every mode once (three children): not a result
 QUICK = {"n": 2000, "concepts": 200, "classes": 20, "dim": 64, "chunk": 512,
-         "normalize": ["column"]}  # fmt: skip
+         "normalize": ["column"], "repeats": 1}  # fmt: skip
+MODES = ("core", "e2e", "numpy")
 
 
 def synthetic(n, n_concepts, n_classes, dim, seed=0):
@@ -79,8 +83,80 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def numpy_script(cache: str, normalize: str, out_dir: str, chunk: int) -> dict:
+    """The plain numpy CMS a user would write against the cache (zarr v3, no clipcbm): the bar
+    `cms-eval` has to clear. Same inputs and the same predictions CSV columns as cms-eval
+    (CMS and zero-shot predictions, the CMS score, the top-5 terms of cos(V_n, T_pred)).
+
+    V = cos(images, concepts), T = cos(classes, concepts), pred = argmax cos(V_n, T_m) in
+    fp32, per chunk of rows; `column` / `zscore` take V's column statistics over all images,
+    so for them V is held whole (N x |D| fp32), as `V = (V - V.mean(0)) / V.std(0)` would.
+    """
+    import pandas as pd
+    import zarr
+
+    def unit(x):
+        x = np.asarray(x, np.float32)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    root = zarr.open_group(cache, mode="r")
+    ok = root["test/ok"][:]
+    x = root["test/image_emb"][:][ok]  # (N, E) fp16, upcast per chunk below
+    labels, ids = root["test/labels"][:][ok], root["test/ids"][:][ok]
+    concepts, classes = root["text/concepts"][:], root["text/classes"][:]
+    d, c = unit(root["text/concept_emb"][:]), unit(root["text/class_emb"][:])
+    t = c @ d.T  # (|C|, |D|)
+    v_all = None
+    if normalize == "column":
+        t = t / t.mean(0)
+    elif normalize == "zscore":
+        t = (t - t.mean(0)) / t.std(0)
+    if normalize in ("column", "zscore"):
+        v_all = unit(x) @ d.T  # (N, |D|): the statistics span every image
+        if normalize == "column":
+            v_all /= v_all.mean(0)
+        else:
+            v_all -= v_all.mean(0)
+            v_all /= v_all.std(0)
+    t = unit(t)
+    n = len(x)
+    pred, zs = np.empty(n, np.int64), np.empty(n, np.int64)
+    score = np.empty(n, np.float32)
+    top_c, top_t = np.empty((n, 5), np.int64), np.empty((n, 5), np.float32)
+    for s in range(0, n, chunk):
+        xs = unit(x[s : s + chunk])
+        v = xs @ d.T if v_all is None else v_all[s : s + chunk].copy()  # (B, |D|)
+        v /= np.maximum(np.sqrt(np.einsum("ij,ij->i", v, v)), 1e-12)[:, None]  # unit rows
+        sc = v @ t.T  # (B, |C|) = cos(V_n, T_m)
+        p = sc.argmax(1)
+        pred[s : s + chunk], score[s : s + chunk] = p, sc[np.arange(len(p)), p]
+        zs[s : s + chunk] = (xs @ c.T).argmax(1)
+        terms = v * t[p]  # (B, |D|): they sum to the score
+        idx = np.argpartition(terms, -5, axis=1)[:, -5:]  # the 5 largest, then in order
+        val = np.take_along_axis(terms, idx, 1)
+        order = np.argsort(-val, axis=1)
+        top_c[s : s + chunk] = np.take_along_axis(idx, order, 1)
+        top_t[s : s + chunk] = np.take_along_axis(val, order, 1)
+    df = pd.DataFrame({"id": ids, "label": labels, "label_name": classes[labels],
+                       "cms_pred": pred, "cms_pred_name": classes[pred], "zs_pred": zs,
+                       "zs_pred_name": classes[zs], "cms_score": score})  # fmt: skip
+    for r in range(5):
+        df[f"concept_{r + 1}"], df[f"term_{r + 1}"] = concepts[top_c[:, r]], top_t[:, r]
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    df.to_csv(Path(out_dir) / "predictions_test.csv", index=False)
+    return {"cms_top1": float((pred == labels).mean()), "zs_top1": float((zs == labels).mean())}
+
+
 def worker(args) -> dict:
     """Runs inside the child: one measurement, result as JSON on stdout."""
+    if args.mode == "numpy":  # no torch in this child: the script a user would write
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        top1 = numpy_script(args.cache, args.normalize, args.out_dir, args.chunk)
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+        return {"mode": "numpy", "normalize": args.normalize, "device": "cpu",
+                "seconds": seconds, "cpu_seconds": cpu, "threads": None,
+                "load_avg_1min": os.getloadavg()[0], "peak_rss_mib": peak_rss_mib(),
+                "gpu_peak_mib": None, **top1}  # fmt: skip
     import torch
 
     if args.threads:
@@ -172,8 +248,10 @@ def write_synthetic_cache(args, path: Path) -> float:
 
 def summarize(runs: list[dict]) -> dict:
     """normalize -> {"<mode>_seconds", "<mode>_peak_rss_mib", "<mode>_cms_top1", "cms_top1",
-    "zs_top1"}; cms_top1 / zs_top1 are the e2e run's (cms-eval's) when there is one. With
-    repeats, the fastest run of each (normalize, mode) is kept (`<mode>_seconds_all`: all)."""
+    "zs_top1", "numpy_over_e2e", "numpy_over_core"}; cms_top1 / zs_top1 are the e2e run's
+    (cms-eval's) when there is one. With repeats, the fastest run of each (normalize, mode) is
+    kept (`<mode>_seconds_all`: all); numpy_over_<mode> = numpy_seconds / <mode>_seconds of
+    those fastest runs (>= 1: CMS is at least as fast as the plain numpy script)."""
     best: dict[tuple[str, str], dict] = {}
     times: dict[tuple[str, str], list[float]] = {}
     for r in runs:
@@ -195,11 +273,16 @@ def summarize(runs: list[dict]) -> dict:
         if mode == "e2e" or "cms_top1" not in row:
             row["cms_top1"] = round(r["cms_top1"], 4)
             row["zs_top1"] = round(r["zs_top1"], 4)
+    for row in out.values():  # the speed of CMS relative to the plain numpy script: >= 1 wins
+        for mode in ("e2e", "core"):
+            if f"{mode}_seconds" in row and "numpy_seconds" in row:
+                row[f"numpy_over_{mode}"] = round(row["numpy_seconds"] / row[f"{mode}_seconds"], 3)
     return out
 
 
 def print_table(by_norm: dict) -> None:
-    cols = [("core_seconds", "core s"), ("e2e_seconds", "e2e s"), ("cms_top1", "CMS top-1"),
+    cols = [("core_seconds", "core s"), ("e2e_seconds", "e2e s"), ("numpy_seconds", "numpy s"),
+            ("numpy_over_e2e", "numpy / e2e"), ("cms_top1", "CMS top-1"),
             ("zs_top1", "zero-shot top-1")]  # fmt: skip
     print(f"{'normalize':<10}" + "".join(f"{h:>17}" for _, h in cols))
     for norm, row in by_norm.items():
@@ -218,10 +301,11 @@ def main(argv=None) -> int:
     p.add_argument("--normalize", nargs="+", default=["none", "column", "zscore"])
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (CMS and zero-shot)")
     p.add_argument(
-        "--repeats", type=int, default=1,
-        help="run each measurement N times (fresh children); by_normalize keeps the fastest",
+        "--repeats", type=int, default=3,
+        help="run each measurement N times (fresh children, interleaved); by_normalize keeps "
+             "the fastest",
     )  # fmt: skip
-    p.add_argument("--modes", nargs="+", default=["core", "e2e"], choices=["core", "e2e"])
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     add_common_args(p, ROOT / "benchmarks/results/cms_speed.json", quick=QUICK)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mode", default="core", help=argparse.SUPPRESS)
@@ -236,18 +320,19 @@ def main(argv=None) -> int:
     runs, cache_seconds = [], None
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "synthetic.zarr"
-        if "e2e" in args.modes:
+        if {"e2e", "numpy"} & set(args.modes):
             cache_seconds = write_synthetic_cache(args, cache)
-        for rep in range(args.repeats):
-            for mode in args.modes:
-                for norm in args.normalize:
+        for rep in range(args.repeats):  # interleaved: a busy spell hits every mode alike
+            for norm in args.normalize:
+                for mode in args.modes:
                     r = child(args, mode, norm, cache, Path(tmp) / f"out-{mode}-{norm}-{rep}")
                     r["repeat"] = rep
                     print(json.dumps(r), flush=True)
                     runs.append(r)
     by_norm = summarize(runs)
-    worst_s = max(row[f"{m}_seconds"] for row in by_norm.values() for m in args.modes)
-    worst_mib = max(r["peak_rss_mib"] for r in runs)
+    ours = [m for m in args.modes if m != "numpy"]  # the targets are cms-eval's / CMS's
+    worst_s = max((row[f"{m}_seconds"] for row in by_norm.values() for m in ours), default=0)
+    worst_mib = max((r["peak_rss_mib"] for r in runs if r["mode"] != "numpy"), default=0)
     result = {
         "benchmark": "cms_speed",
         "shape": {"n": args.n, "concepts": args.concepts, "classes": args.classes, "dim": args.dim},

@@ -323,3 +323,82 @@ def test_column_statistics_stay_accurate_over_many_chunks(how):
     clear = gap > 1e-5  # fp32 scores are exact to ~1e-6 here; closer calls may flip
     np.testing.assert_array_equal(out.pred.numpy()[clear], want.argmax(1)[clear])
     assert clear.mean() > 0.9
+
+
+# ---------------------------------------------------------------- the factorised scores (issue 22)
+
+
+def _explicit_cms(images, concepts, classes, how):
+    """V = cos(I, D), T = cos(C, D) built whole in float64, column-normalised, then
+    cos(V_n, T_m) for every pair: the matrices cms_predict never forms (it scores through
+    x (D̃ᵀ T̂ᵀ) / |V_n|). Zero rows have cosine 0 with everything."""
+
+    def unit(x):
+        x = np.asarray(x, np.float64)
+        n = np.linalg.norm(x, axis=1, keepdims=True)
+        return np.where(n > 1e-12, x / np.maximum(n, 1e-12), 0.0)
+
+    def columns(m):
+        mean, std = m.mean(0), m.std(0)
+        shift, scale = {"none": (0.0, 1.0), "column": (0.0, mean), "zscore": (mean, std)}[how]
+        return (m - shift) / np.where(np.abs(scale) <= 1e-12, 1.0, scale)
+
+    d = unit(concepts)
+    v, t = unit(columns(unit(images) @ d.T)), unit(columns(unit(classes) @ d.T))
+    return v @ t.T, v, t
+
+
+@pytest.mark.parametrize("how", ["none", "column", "zscore"])
+def test_factorised_cms_equals_the_explicit_v_t_cosines(how):
+    rng = np.random.default_rng(22)
+    e = 24
+    common = rng.standard_normal(e)
+    common /= np.linalg.norm(common)
+    images = _clip_like(rng, 61, e, common)
+    images[17] = 0.0  # a zero-norm image
+    concepts = _clip_like(rng, 40, e, common)
+    classes = _clip_like(rng, 12, e, common)
+    classes[[5, 9]] = classes[2]  # duplicated classes: exact ties, the lowest index wins
+    classes[11] = 0.0  # a zero-norm class: T_11 = 0, cosine 0 with every V_n
+    img16 = images.astype(np.float16)
+    scores, v, t = _explicit_cms(img16, concepts, classes, how)
+    scores[:, [5, 9]] = scores[:, [2]]  # the same values, tied exactly as they are in CMS
+    want_top = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+    # self-check: apart from the duplicates (and the zero image, whose V row stays 0 unless
+    # zscore centres it: all its scores tie), no two top classes are closer than fp32 resolves
+    distinct = np.sort(np.delete(scores, [5, 9], axis=1), 1)
+    gaps = np.diff(distinct[:, -6:], axis=1).min(1)
+    assert (np.delete(gaps, 17) > 1e-6).all() and (gaps[17] == 0) == (how != "zscore")
+    want_pred, want_lit, _, _ = literal_cms(img16, concepts, classes, how)
+    np.testing.assert_array_equal(want_top[:, 0], want_pred)  # explicit == Algorithm 1
+
+    out = cms_predict(img16, concepts, classes, normalize=how, chunk_size=7, keep_scores=True)
+    np.testing.assert_array_equal(out.pred.numpy(), want_pred)
+    np.testing.assert_array_equal(out.topk.numpy(), want_top)
+    assert not np.isin(out.pred.numpy(), [5, 9]).any() and (out.pred.numpy() == 2).any()
+    np.testing.assert_allclose(out.scores.numpy(), scores, atol=2e-5)
+    assert torch.equal(out.scores[:, 5], out.scores[:, 2])  # one shared column, bitwise
+    np.testing.assert_allclose(out.pred_score.numpy(), scores.max(1), atol=2e-5)
+    # the top concepts: the largest terms v_j t_j of the predicted class's cosine
+    terms = v * t[want_pred]
+    np.testing.assert_allclose(out.top_terms.numpy(), -np.sort(-terms, 1)[:, :5], atol=2e-5)
+    np.testing.assert_allclose(terms.sum(1), out.pred_score.numpy(), atol=2e-5)
+    clear = (-np.diff(np.sort(terms, 1)[:, ::-1][:, :6], axis=1) > 1e-5).all(1)
+    want_c = np.argsort(-terms, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(out.top_concepts.numpy()[clear], want_c[clear])
+    assert clear.mean() > 0.8
+
+
+def test_top_classes_equals_ranked_with_ties_signed_zeros_nan_and_inf():
+    from clipcbm.heads.baselines.cms import top_classes
+    from clipcbm.heads.eval.metrics import ranked
+
+    g = torch.Generator().manual_seed(3)
+    for trial in range(200):
+        m = int(torch.randint(1, 12, (1,), generator=g))
+        s = torch.randint(-3, 4, (9, m), generator=g).float() / 2  # many exact ties
+        s[0, 0], s[1] = float("nan"), -0.0
+        s[1, 0], s[2, -1], s[3, 0] = 0.0, float("inf"), -float("inf")
+        s[4] = torch.randn(m, generator=g)  # a row without ties (the fast path)
+        for k in (1, 2, 5, m, m + 2):
+            assert torch.equal(top_classes(s, k), ranked(s, k)), (trial, k)

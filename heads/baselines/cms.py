@@ -136,10 +136,11 @@ class CmsScorer:
     V's column map (v - mean) / scale, with V = Î D̂ᵀ and mean_j = μ̂ · d̂_j (μ̂ the mean image),
     equals (Î - μ̂) (D̂ / scale)ᵀ: one matmul per chunk gives the normalised V, no bias to
     cancel. cos(V_n, T_m) = <V_n, T̂_m> / |V_n|, and <V_n, T̂_m> = (î_n - μ̂) (D̃ᵀ T̂ᵀ) by
-    associativity, which costs E·|C| per image instead of |D|·|C|.
+    associativity, which costs E·|C| per image instead of |D|·|C|. V itself is still needed,
+    for |V_n| and for the terms of the predicted class (the top contributing concepts).
     """
 
-    concept_map: torch.Tensor  # (E, |D|) fp32 = (D̂ / scale)ᵀ, contiguous
+    concept_rows: torch.Tensor  # (|D|, E) fp32 = D̂ / scale (D̃), contiguous
     image_shift: torch.Tensor | None  # (E,) fp32 mean unit image μ̂ (zscore), else None
     t_unit: torch.Tensor  # (|C|, |D|) fp32, column-normalised then unit rows
     normalize: str  # canonical name
@@ -153,18 +154,32 @@ class CmsScorer:
         """
         uniq, inverse = torch.unique(self.t_unit, dim=0, return_inverse=True)
         if len(uniq) == len(self.t_unit):
-            return self.concept_map @ self.t_unit.T, None
-        return self.concept_map @ uniq.T, inverse
+            return self.concept_rows.T @ self.t_unit.T, None
+        return self.concept_rows.T @ uniq.T, inverse
 
     def centred(self, image_chunk: torch.Tensor) -> torch.Tensor:
         """(B, E) images -> fp32 unit rows, minus the mean image when the map centres."""
-        x = _unit_rows(image_chunk.to(self.concept_map.device))  # fp16 is upcast here
+        x = _unit_rows(image_chunk.to(self.concept_rows.device))  # fp16 is upcast here
         return x if self.image_shift is None else x - self.image_shift
 
-    def rows_and_scores(self, image_chunk: torch.Tensor):
+    def v_rows(self, x: torch.Tensor, work: torch.Tensor | None = None) -> torch.Tensor:
+        """V (B, |D|) of centred rows x (B, E); `work` (2, >= B·|D|) fp32 scratch, reused.
+
+        Computed as (D̃ X̃ᵀ)ᵀ: MKL's CPU sgemm runs the (|D|, E) x (E, B) product ~25% faster
+        than (B, E) x (E, |D|) (83 vs 64 GFLOP/s a core, AVX2, AMD EPYC), and the transposed
+        copy costs ~5% of it. Writing into reused buffers saves the page faults of two fresh
+        (B, |D|) tensors a chunk (~70 ms each at 4,096 x 4,751).
+        """
+        if work is None:
+            return (self.concept_rows @ x.T).T.contiguous()
+        n_d, b = self.concept_rows.shape[0], x.shape[0]
+        vt = torch.matmul(self.concept_rows, x.T, out=work[0, : n_d * b].view(n_d, b))
+        return work[1, : n_d * b].view(b, n_d).copy_(vt.T)
+
+    def rows_and_scores(self, image_chunk: torch.Tensor, work: torch.Tensor | None = None):
         """(B, E) -> V (B, |D|, rows not unit), |V_n| (B, 1), cos(V_n, T_m) (B, |C|)."""
         x = self.centred(image_chunk)
-        v = x @ self.concept_map
+        v = self.v_rows(x, work)
         r = v.norm(dim=1, keepdim=True).clamp_min(_EPS)  # zero rows score 0 everywhere
         w, inverse = self.class_map
         s = (x @ w) / r
@@ -189,7 +204,7 @@ def build_scorer(
     d = _unit_rows(con.to(device))  # (|D|, E)
     t = _unit_rows(cls.to(device)) @ d.T  # (|C|, |D|) = cos(c, d)
     if norm.scale is None:
-        return CmsScorer(d.T.contiguous(), None, _unit_rows(t), name)
+        return CmsScorer(d.contiguous(), None, _unit_rows(t), name)
     if img.shape[0] == 0:
         raise ValueError(f"normalize={name!r} needs column statistics over >= 1 image, got 0")
     mean_i, cov_i = image_moments(img, chunk_size, covariance=norm.needs_std, device=device)
@@ -201,8 +216,8 @@ def build_scorer(
         _warn_non_positive(t.double().mean(0), "T")
     scale = _safe_scale(norm.scale(mean_v, std_v).float(), "V")
     shift = mean_i.float() if norm.center else None
-    concept_map = (d / scale[:, None]).T.contiguous()  # (E, |D|)
-    return CmsScorer(concept_map, shift, _unit_rows(_normalise_t(t, norm)), name)
+    concept_rows = (d / scale[:, None]).contiguous()  # (|D|, E)
+    return CmsScorer(concept_rows, shift, _unit_rows(_normalise_t(t, norm)), name)
 
 
 @dataclass(frozen=True)
@@ -223,13 +238,41 @@ def concept_terms(v_unit: torch.Tensor, t_unit_rows: torch.Tensor) -> torch.Tens
     return v_unit * t_unit_rows
 
 
-def _score_chunk(scorer: CmsScorer, images, top_k: int, n_top: int) -> dict[str, torch.Tensor]:
-    """One chunk of Algorithm 1 as matmuls: (B, E) images -> per-image results."""
-    v, r, s = scorer.rows_and_scores(images)
-    top = ranked(s, top_k)
+def top_classes(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, M) scores -> (B, min(k, M)) classes by decreasing score: exactly `ranked`, faster.
+
+    A float `topk` of k + 1 (~10x cheaper than `ranked`'s int64 keys) is exact wherever its
+    k + 1 values are distinct: then the k it keeps are in a strict order and every other score
+    is below the k-th. Only the rows with a tie there (duplicated classes, a zero row; NaN) go
+    through `ranked`, which puts tied classes in index order.
+    """
+    k = min(k, scores.shape[1])
+    if k == 1:
+        return scores.argmax(1, keepdim=True)
+    vals, top = scores.topk(min(k + 1, scores.shape[1]), dim=1)
+    tied = (vals[:, 1:] == vals[:, :-1]).any(1) | vals[:, 0].isnan()
+    top = top[:, :k]
+    rows = tied.nonzero()[:, 0]
+    if len(rows):
+        top[rows] = ranked(scores[rows], k)
+    return top
+
+
+def _score_chunk(
+    scorer: CmsScorer, images, top_k: int, n_top: int, work: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """One chunk of Algorithm 1 as matmuls: (B, E) images -> per-image results.
+
+    `work` (2, >= B·|D|) fp32 scratch is reused across chunks (`CmsScorer.v_rows`); its first
+    row, free once V is built, takes T_pred and then the terms.
+    """
+    v, r, s = scorer.rows_and_scores(images, work)
+    top = top_classes(s, top_k)
     pred = top[:, 0]
     # terms of cos(V_n, T_pred) are v_j t_j / |V_n|; the positive 1/|V_n| keeps their order
-    tt, tc = (v * scorer.t_unit[pred]).topk(n_top, dim=1)
+    t_pred = work[0, : v.numel()].view(v.shape)
+    terms = torch.index_select(scorer.t_unit, 0, pred, out=t_pred).mul_(v)
+    tt, tc = terms.topk(n_top, dim=1)
     return {
         "pred": pred,
         "topk": top,
@@ -267,8 +310,10 @@ def cms_predict(
     n_top = min(n_concepts, scorer.t_unit.shape[1])
     parts: dict[str, list[torch.Tensor]] = {}
     chunks = list(iter_chunks(img.shape[0], chunk_size))
+    t_unit = scorer.t_unit
+    work = t_unit.new_empty((2, min(chunk_size, img.shape[0]) * t_unit.shape[1]))
     for sl in progress_bar(chunks, desc="cms", unit="chunk", enabled=progress):
-        out = _score_chunk(scorer, img[sl], top_k, n_top)
+        out = _score_chunk(scorer, img[sl], top_k, n_top, work)
         if not keep_scores:
             del out["scores"]
         for key, val in out.items():

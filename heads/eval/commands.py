@@ -96,7 +96,8 @@ def _cms_one_split(cfg, cache, split, normalize, device, text):
     t0 = time.perf_counter()
     out = cms_predict(
         data.image_emb,
-        *text,
+        text.concept_emb,
+        text.class_emb,
         normalize=normalize,
         chunk_size=cfg.chunk_size,
         n_concepts=cfg.top_concepts,
@@ -104,8 +105,7 @@ def _cms_one_split(cfg, cache, split, normalize, device, text):
         progress=cfg.progress,
     )
     seconds = time.perf_counter() - t0
-    zs = evaluate(zero_shot_scorer(TextTensors.from_cache(cache, device)), data.image_emb,
-                  data.labels, chunk_rows=cfg.chunk_size)  # fmt: skip
+    zs = evaluate(zero_shot_scorer(text), data.image_emb, data.labels, chunk_rows=cfg.chunk_size)
     zs_pred = torch.from_numpy(zs.pred)
     n_classes = len(cache.classes)
     metrics = {  # flat keys stay the same across normalisations, so runs line up in a table
@@ -134,7 +134,7 @@ def run_cms_eval(cfg: CmsEvalConfig) -> CmsEvalResult:
         settings = {**cache_settings(cache), "normalize": normalize,
                     "splits": list(cfg.splits), "top_concepts": cfg.top_concepts}  # fmt: skip
         claim_results(out_dir / "metrics.json", settings, overwrite=cfg.overwrite)
-        text = (cache.concept_emb(), cache.class_emb())
+        text = TextTensors.from_cache(cache, device)  # read once: CMS and zero-shot, every split
         for split in cfg.splits:
             r, f, preds, pc = _cms_one_split(cfg, cache, split, normalize, device, text)
             rows += r
