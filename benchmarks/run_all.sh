@@ -22,7 +22,7 @@ if ! python -c "import torch, clipcbm.cache, clipcbm.heads" 2>/dev/null; then
 fi
 ALL=(description_proxy sparsity_tradeoff defaults_sweep planted_heads probe_vs_sklearn
      elastic_net_solvers fit_head_speed cms_speed reliability sae attribution debiased
-     concept_filter coupling_sweep remote_read finalize_scale)
+     concept_filter coupling_sweep remote_read finalize_scale imagenet_scale)
 if [ "$#" -gt 0 ]; then RUN=("$@"); else RUN=("${ALL[@]}"); fi
 mkdir -p benchmarks/results/logs
 echo "commit $(git rev-parse HEAD)"

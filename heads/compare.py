@@ -56,11 +56,11 @@ from clipcbm.core.device import resolve_device
 from clipcbm.core.outputs import Ownership, check_output_path, check_replaceable
 from clipcbm.heads.baselines import sklearn_probe
 from clipcbm.heads.baselines.cms import cms_predict
-from clipcbm.heads.baselines.lfcbm import fit_label_free_cbm
+from clipcbm.heads.baselines.lfcbm import PROJ_STEPS, fit_label_free_cbm
 from clipcbm.heads.cbm.config import FitHeadConfig
 from clipcbm.heads.cbm.positives import links_from_concept_classes
 from clipcbm.heads.cbm.train import fit, save_fitted
-from clipcbm.heads.chunks import iter_chunks
+from clipcbm.heads.chunks import SOLVER_GIB, iter_chunks
 from clipcbm.heads.errors import HeadsConfigError, OutputExistsError
 from clipcbm.heads.eval.config import METHODS, CompareConfig, Method
 from clipcbm.heads.eval.evaluate import Scorer, evaluate, zero_shot_scorer
@@ -120,9 +120,11 @@ def _description(cache, data) -> dict | None:
 
 def _sklearn_probe(cfg, data) -> dict:
     """The scikit-learn reference probe on all train rows, scored through the one path."""
-    rows = torch.cat([data.train_idx, data.val_idx])
+    # float64 inside scikit-learn: the same row cap as our probe, at twice the bytes a row
+    rows = torch.cat(data.solver_rows(data.train.x.shape[1], SOLVER_GIB / 2))
     x, y = data.train.x[rows].cpu().numpy(), data.train.y[rows].cpu().numpy()
-    coef, intercept, info = sklearn_probe.fit_sklearn_probe(x, y, cfg.seed)
+    budget = {} if cfg.probe_max_iter is None else {"max_iter": cfg.probe_max_iter}
+    coef, intercept, info = sklearn_probe.fit_sklearn_probe(x, y, cfg.seed, **budget)
     layer = torch.nn.Linear(coef.shape[1], data.n_classes).to(data.test.x.device)
     with torch.no_grad():
         layer.weight.zero_()
@@ -144,7 +146,8 @@ def _training_free(cfg, name, cache, data) -> dict | None:
         out = cms_predict(x.cpu(), cache.concept_emb(), cache.class_emb(), device=x.device)
         return classification_metrics(out.topk, y, data.n_classes)
     if name == "lf-cbm-scores":
-        return fit_label_free_cbm(data, seed=cfg.seed).metrics
+        return fit_label_free_cbm(data, seed=cfg.seed,
+                                  steps=min(PROJ_STEPS, cfg.max_steps)).metrics  # fmt: skip
     if name == "sklearn-probe":
         return _sklearn_probe(cfg, data) if sklearn_probe.available() else None
     return _description(cache, data)
@@ -166,10 +169,11 @@ def transform_methods(cfg: CompareConfig) -> list[tuple[str, Method, str, Path]]
 
 
 def _fit_method(cfg, name, method, cache, data, device) -> tuple[dict, dict]:
+    budget = {} if cfg.probe_max_iter is None else {"probe_max_iter": cfg.probe_max_iter}
     head_cfg = FitHeadConfig(
         cache=cfg.cache, out=cfg.out_dir() / "heads" / name, seed=cfg.seed, device=cfg.device,
         progress=cfg.progress, overwrite=True, max_steps=cfg.max_steps, verify=cfg.verify,
-        allow_overlap=cfg.allow_overlap, **method.head,
+        allow_overlap=cfg.allow_overlap, val_fraction=cfg.val_fraction, **budget, **method.head,
     )  # fmt: skip
     if method.random_concepts:
         data = dataclasses.replace(data, text=_random_text(data.text, cfg.seed))
@@ -201,6 +205,7 @@ def _run_compare(cfg: CompareConfig, out: Path) -> CompareResult:
     rows = []
     with open_cache(cfg.cache, verify=cfg.verify, progress=remote_bars(cfg.progress)) as cache:
         data = load_data(cache, FitHeadConfig(cache=cfg.cache, seed=cfg.seed,
+                                              val_fraction=cfg.val_fraction,
                                               allow_overlap=cfg.allow_overlap), device)  # fmt: skip
         if data.test is None:
             raise HeadsConfigError(f"cache {cfg.cache} has no test split; compare reports on it")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from clipcbm.heads.cbm.elastic_net import fit_elastic_net
+from clipcbm.heads.chunks import CHUNK_ROWS, SOLVER_GIB, iter_chunks
 from clipcbm.heads.eval.metrics import (
     NecEvaluator,
     activation_sparsity,
@@ -52,6 +53,31 @@ def cos3_similarity(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return (q3 * p3).sum(0) / (q3.norm(dim=0) * p3.norm(dim=0)).clamp_min(1e-12)
 
 
+def cos3_similarity_chunked(x: torch.Tensor, w: torch.Tensor, d: torch.Tensor,
+                            chunk: int = CHUNK_ROWS) -> torch.Tensor:  # fmt: skip
+    """`cos3_similarity(x @ w.T, x @ d.T)` over all rows of x without the (N, |D|) matrices:
+    a first pass over row chunks gives each column's mean and (unbiased) std, a second
+    accumulates the cubed standardised columns' products and squared norms (float64)."""
+    n = len(x)
+    s1 = torch.zeros(2, len(w), dtype=torch.float64, device=x.device)
+    s2 = torch.zeros_like(s1)
+    for sl in iter_chunks(n, chunk):
+        qp = torch.stack([x[sl] @ w.T, x[sl] @ d.T]).double()
+        s1 += qp.sum(1)
+        s2 += qp.pow(2).sum(1)
+    mean = s1 / n
+    std = ((s2 - n * mean.pow(2)) / max(n - 1, 1)).clamp_min(0).sqrt().clamp_min(1e-8)
+    dot = torch.zeros(len(w), dtype=torch.float64, device=x.device)
+    nq, np_ = torch.zeros_like(dot), torch.zeros_like(dot)
+    for sl in iter_chunks(n, chunk):
+        qp = ((torch.stack([x[sl] @ w.T, x[sl] @ d.T]).double() - mean[:, None])
+              / std[:, None]).pow(3)  # fmt: skip
+        dot += (qp[0] * qp[1]).sum(0)
+        nq += qp[0].pow(2).sum(0)
+        np_ += qp[1].pow(2).sum(0)
+    return (dot / (nq.sqrt() * np_.sqrt()).clamp_min(1e-12)).to(x.dtype)
+
+
 @dataclass(frozen=True)
 class LabelFreeResult:
     metrics: dict  # test: n, top1, top5, mean_per_class_acc, nec, acc_nec5, act_sparsity
@@ -60,45 +86,59 @@ class LabelFreeResult:
     note: str
 
 
-def fit_label_free_cbm(data, *, nec: float = 5.0, seed: int = 0, steps: int = PROJ_STEPS,
-                       progress: bool = False) -> LabelFreeResult:  # fmt: skip
-    """Label-free CBM on HeadData `data`; test metrics of the resulting head."""
-    x_fit, x_val = data.train.x[data.train_idx], data.train.x[data.val_idx]
+def fit_label_free_cbm(
+    data,
+    *,
+    nec: float = 5.0,
+    seed: int = 0,
+    steps: int = PROJ_STEPS,
+    progress: bool = False,
+    solver_gib: float = SOLVER_GIB,
+) -> LabelFreeResult:
+    """Label-free CBM on HeadData `data`; test metrics of the resulting head.
+
+    Memory: the targets are whole only up to TARGET_ROWS fit rows; the validation similarity
+    is accumulated over row chunks (`cos3_similarity_chunked`); the elastic-net layer sees the
+    rows `data.solver_rows` allows within `solver_gib`. Results equal the whole-matrix run."""
+    fit_rows, x_val = data.train_idx, data.train.x[data.val_idx]  # fit rows: drawn per batch
     d = data.text.concept_emb
     # the targets P = I D^T: kept whole only up to TARGET_ROWS fit rows (an N x |D| fp32 matrix
     # is ~24 GB at ImageNet size); above, each batch's rows are computed when drawn
-    p_fit = x_fit @ d.T if len(x_fit) <= TARGET_ROWS else None
-    p_val = x_val @ d.T
+    p_fit = data.train.x[fit_rows] @ d.T if len(fit_rows) <= TARGET_ROWS else None
     g = torch.Generator().manual_seed(seed)
     w = (torch.randn(d.shape, generator=g) / d.shape[1] ** 0.5).to(d).requires_grad_(True)
     opt = torch.optim.Adam([w], lr=PROJ_LR)
     best, best_w = -float("inf"), w.detach().clone()
     for step in range(steps):
-        rows = torch.randperm(len(x_fit), generator=g)[:PROJ_BATCH].to(x_fit.device)
-        xb = x_fit[rows]
+        rows = torch.randperm(len(fit_rows), generator=g)[:PROJ_BATCH].to(fit_rows.device)
+        xb = data.train.x[fit_rows[rows]]
         loss = -cos3_similarity(xb @ w.T, xb @ d.T if p_fit is None else p_fit[rows]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 50 == 49 or step == steps - 1:
             with torch.no_grad():
-                val = float(cos3_similarity(x_val @ w.T, p_val).mean())
+                val = float(cos3_similarity_chunked(x_val, w, d).mean())
             if val > best:
                 best, best_w = val, w.detach().clone()
     w = best_w
     with torch.no_grad():
-        sim = cos3_similarity(x_val @ w.T, p_val)
+        sim = cos3_similarity_chunked(x_val, w, d)
     keep = torch.nonzero(sim >= CUTOFF).flatten()
     note = f"{len(keep)} of {len(d)} concepts pass the cos³ cutoff {CUTOFF}"
     if len(keep) == 0:
         keep = sim.topk(max(1, len(d) // 10)).indices.sort().values
         note = f"no concept passes the cos³ cutoff {CUTOFF}; kept the best {len(keep)}"
     log.info("label-free CBM: %s", note)
-    wk = w[keep]
+    wk = w[keep].detach()
+    fit_idx, val_idx = data.solver_rows(len(keep), solver_gib)
+    with torch.no_grad():
+        a_fit, a_val = data.train.x[fit_idx] @ wk.T, data.train.x[val_idx] @ wk.T
     path = fit_elastic_net(
-        x_fit @ wk.T, data.train.y[data.train_idx], n_classes=data.n_classes, target_nec=nec,
-        x_val=x_val @ wk.T, y_val=data.train.y[data.val_idx], seed=seed, progress=progress,
+        a_fit, data.train.y[fit_idx], n_classes=data.n_classes, target_nec=nec,
+        x_val=a_val, y_val=data.train.y[val_idx], seed=seed, progress=progress,
     )  # fmt: skip
+    del a_fit, a_val
     a_test = data.test.x @ wk.T
     logits = a_test @ path.weight.to(a_test).T + path.bias.to(a_test)
     y = data.test.y.cpu().numpy()

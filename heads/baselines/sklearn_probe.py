@@ -34,10 +34,11 @@ def available() -> bool:
 
 
 def fit_sklearn_probe(
-    x: np.ndarray, y: np.ndarray, seed: int
+    x: np.ndarray, y: np.ndarray, seed: int, max_iter: int = 1000
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """SKLEARN_PROTOCOL on train rows (x (N, E), y (N,)): (coef (C', E), intercept, info) with
-    rows for the classes present in y (`info["classes"]`)."""
+    rows for the classes present in y (`info["classes"]`). max_iter: the protocol's 1,000
+    unless a caller sets a smaller budget (recorded in info)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
@@ -51,7 +52,7 @@ def fit_sklearn_probe(
 
     def fit(c, xs, ys, clf=None):
         nonlocal n_warn
-        clf = clf or LogisticRegression(max_iter=1000)
+        clf = clf or LogisticRegression(max_iter=max_iter)
         clf.set_params(C=c)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
@@ -62,9 +63,9 @@ def fit_sklearn_probe(
     perm = np.random.default_rng(seed).permutation(n)
     n_val = round(n / 5)
     val, rest = perm[:n_val], perm[n_val:]
-    info: dict = {"protocol": SKLEARN_PROTOCOL, "rows": int(n)}
+    info: dict = {"protocol": SKLEARN_PROTOCOL, "rows": int(n), "max_iter": max_iter}
     if counts.min() >= 2 and n_val >= 1 and len(np.unique(y[rest])) >= 2:
-        clf, scores = LogisticRegression(max_iter=1000, warm_start=True), {}
+        clf, scores = LogisticRegression(max_iter=max_iter, warm_start=True), {}
         for c in SKLEARN_C_GRID:
             fit(c, x[rest], y[rest], clf)
             scores[repr(c)] = float((clf.predict(x[val]) == y[val]).mean())

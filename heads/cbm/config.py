@@ -9,6 +9,7 @@ from pathlib import Path
 from clipcbm.core.config import option, validated
 from clipcbm.core.device import DEVICE_HELP, check_device
 from clipcbm.core.location import Location, as_location, location_stem, location_str
+from clipcbm.heads.chunks import SOLVER_GIB
 from clipcbm.heads.errors import HeadsConfigError
 from clipcbm.heads.options import ALLOW_OVERLAP_HELP, VERIFY_HELP
 
@@ -116,6 +117,10 @@ class FitHeadConfig:
                            "rows are one hold-out.")  # fmt: skip
     probe_max_iter: int = option(300, "L-BFGS iterations per C value (probe, zs-probe, the "
                                  "anchored final layer).")  # fmt: skip
+    solver_gib: float = option(SOLVER_GIB, "Working memory (GiB) of one full-batch solve "
+                               "(probe, anchored and elastic-net final layers): above it the "
+                               "solve uses a seeded class-stratified subset of the train rows "
+                               "that fits (recorded in the head); 0 = every row.")  # fmt: skip
     overwrite: bool = option(False, "Replace an existing non-empty head directory.")
     verify: bool = option(True, VERIFY_HELP)
     allow_overlap: bool = option(False, ALLOW_OVERLAP_HELP)
@@ -151,6 +156,8 @@ class FitHeadConfig:
             raise ValueError(f"nec must be > 0 (non-zero weights per class), got {self.nec!r}")
         if self.positives_per_class < 0:
             raise ValueError(f"positives_per_class must be >= 0, got {self.positives_per_class}")
+        if not math.isfinite(self.solver_gib) or self.solver_gib < 0:
+            raise ValueError(f"solver_gib must be >= 0 (0 = no cap), got {self.solver_gib!r}")
         for name in ("max_steps", "batch_size", "patience", "probe_max_iter"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")

@@ -169,7 +169,15 @@ class CompareConfig:
                                       choices=lambda: [*METHODS, *RENAMED],
                                       flag="--method")  # fmt: skip
     seed: int = option(0, "Seed of every fit (validation split, init, shuffling).")
-    max_steps: int = option(2000, "Step budget of every fitted head (fit-head --max-steps).")
+    max_steps: int = option(2000, "Step budget of every fitted head (fit-head --max-steps; "
+                            "Label-free CBM's projection: at most its own 1,000).")  # fmt: skip
+    val_fraction: float = option(0.1, "Fraction of train held out (seeded) for early stopping "
+                                 "and the final layers' choice of C, the same rows for every "
+                                 "method (fit-head --val-fraction).")  # fmt: skip
+    probe_max_iter: int | None = option(None, "L-BFGS iterations per C of every logistic "
+                                        "regression (fit-head --probe-max-iter; the "
+                                        "scikit-learn reference's max_iter); default: each "
+                                        "one's own (300; scikit-learn 1,000).")  # fmt: skip
     device: str = option("auto", DEVICE_HELP)
     progress: bool = option(True, "Show progress bars.")
     overwrite: bool = option(False, "Replace a non-empty --out.")

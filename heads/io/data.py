@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from clipcbm.heads.chunks import cap_rows, solver_row_cap
 from clipcbm.heads.errors import HeadCacheMismatchError, HeadDataError
 from clipcbm.heads.features import TextTensors
 from clipcbm.heads.io.evaldata import check_disjoint
@@ -51,6 +52,22 @@ class HeadData:
         if self.test is not None:
             out["test"] = (self.test.x, self.test.y)
         return out
+
+    def solver_rows(self, n_features: int, gib: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fit_idx, val_idx) a full-batch solve over n_features features may use within `gib`
+        GiB (heads.chunks.solver_row_cap): all of them when they fit, else a seeded
+        class-stratified subset of each, in proportion. Logged when rows are left out."""
+        cap = solver_row_cap(n_features, self.n_classes, gib)
+        n_fit, n_val = len(self.train_idx), len(self.val_idx)
+        if cap is None or n_fit + n_val <= cap:
+            return self.train_idx, self.val_idx
+        fit_cap = max(1, round(cap * n_fit / (n_fit + n_val)))
+        fit = cap_rows(self.train_idx, self.train.y, fit_cap, self.val_seed)
+        val = cap_rows(self.val_idx, self.train.y, max(1, cap - fit_cap), self.val_seed + 1)
+        log.info("full-batch solve over %d features: %d of %d fit rows and %d of %d validation "
+                 "rows (a stratified subset within --solver-gib %g)", n_features, len(fit),
+                 n_fit, len(val), n_val, gib)  # fmt: skip
+        return fit, val
 
     def val_rows(self) -> list[int]:
         """Validation rows as positions in the cache's train split (recorded in the head)."""
