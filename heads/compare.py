@@ -146,8 +146,9 @@ def _training_free(cfg, name, cache, data) -> dict | None:
         out = cms_predict(x.cpu(), cache.concept_emb(), cache.class_emb(), device=x.device)
         return classification_metrics(out.topk, y, data.n_classes)
     if name == "lf-cbm-scores":
-        return fit_label_free_cbm(data, seed=cfg.seed,
-                                  steps=min(PROJ_STEPS, cfg.max_steps)).metrics  # fmt: skip
+        budget = {} if cfg.path_max_iter is None else {"path_max_iter": cfg.path_max_iter}
+        return fit_label_free_cbm(data, seed=cfg.seed, steps=min(PROJ_STEPS, cfg.max_steps),
+                                  **budget).metrics  # fmt: skip
     if name == "sklearn-probe":
         return _sklearn_probe(cfg, data) if sklearn_probe.available() else None
     return _description(cache, data)
@@ -169,7 +170,11 @@ def transform_methods(cfg: CompareConfig) -> list[tuple[str, Method, str, Path]]
 
 
 def _fit_method(cfg, name, method, cache, data, device) -> tuple[dict, dict]:
-    budget = {} if cfg.probe_max_iter is None else {"probe_max_iter": cfg.probe_max_iter}
+    budget = {
+        k: v
+        for k, v in (("probe_max_iter", cfg.probe_max_iter), ("path_max_iter", cfg.path_max_iter))
+        if v is not None
+    }
     head_cfg = FitHeadConfig(
         cache=cfg.cache, out=cfg.out_dir() / "heads" / name, seed=cfg.seed, device=cfg.device,
         progress=cfg.progress, overwrite=True, max_steps=cfg.max_steps, verify=cfg.verify,

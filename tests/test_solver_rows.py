@@ -88,3 +88,23 @@ def test_chunked_label_free_similarity_equals_the_whole_matrix(planted):
     for chunk in (7, 1000):
         assert torch.allclose(lfcbm.cos3_similarity_chunked(x, w, d, chunk=chunk), whole,
                               atol=1e-5)  # fmt: skip
+
+
+def test_path_max_iter_bounds_every_lambda_of_the_elastic_net_path(planted):
+    path, data = planted
+    cfg = FitHeadConfig(cache=path, loss="sparse", final_layer="elastic-net", max_steps=20,
+                        path_max_iter=3, progress=False)  # fmt: skip
+    _, info, _ = fit(data, cfg, "cpu")
+    points = info["elastic_net"]["path"]
+    assert points and max(p["n_iter"] for p in points) <= 3
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="path.max.iter"):
+            FitHeadConfig(cache=path, path_max_iter=bad)
+
+
+def test_compare_checks_its_budgets():
+    from clipcbm.heads.eval.config import CompareConfig
+
+    for field, bad in (("path_max_iter", 0), ("probe_max_iter", True), ("val_fraction", 1.0)):
+        with pytest.raises(ValueError, match=field.replace("_", ".")):
+            CompareConfig(cache="x.zarr", **{field: bad})

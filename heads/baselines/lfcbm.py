@@ -94,6 +94,7 @@ def fit_label_free_cbm(
     steps: int = PROJ_STEPS,
     progress: bool = False,
     solver_gib: float = SOLVER_GIB,
+    path_max_iter: int = 2000,
 ) -> LabelFreeResult:
     """Label-free CBM on HeadData `data`; test metrics of the resulting head.
 
@@ -137,6 +138,7 @@ def fit_label_free_cbm(
     path = fit_elastic_net(
         a_fit, data.train.y[fit_idx], n_classes=data.n_classes, target_nec=nec,
         x_val=a_val, y_val=data.train.y[val_idx], seed=seed, progress=progress,
+        max_iter=path_max_iter,
     )  # fmt: skip
     del a_fit, a_val
     a_test = data.test.x @ wk.T

@@ -117,6 +117,8 @@ class FitHeadConfig:
                            "rows are one hold-out.")  # fmt: skip
     probe_max_iter: int = option(300, "L-BFGS iterations per C value (probe, zs-probe, the "
                                  "anchored final layer).")  # fmt: skip
+    path_max_iter: int = option(2000, "--final-layer elastic-net: FISTA iterations per lambda "
+                                "of the path (each stops earlier at its tolerance).")  # fmt: skip
     solver_gib: float = option(SOLVER_GIB, "Working memory (GiB) of one full-batch solve "
                                "(probe, anchored and elastic-net final layers): above it the "
                                "solve uses a seeded class-stratified subset of the train rows "
@@ -158,7 +160,7 @@ class FitHeadConfig:
             raise ValueError(f"positives_per_class must be >= 0, got {self.positives_per_class}")
         if not math.isfinite(self.solver_gib) or self.solver_gib < 0:
             raise ValueError(f"solver_gib must be >= 0 (0 = no cap), got {self.solver_gib!r}")
-        for name in ("max_steps", "batch_size", "patience", "probe_max_iter"):
+        for name in ("max_steps", "batch_size", "patience", "probe_max_iter", "path_max_iter"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if self.topk is not None and (

@@ -81,7 +81,7 @@ def fit_sparse_linear(a_fit, y_fit, a_val, y_val, n_classes: int, config) -> tup
     validation top-1: (weight (|C|, F), bias (|C|,), info)."""
     path = fit_elastic_net(
         a_fit, y_fit, n_classes=n_classes, target_nec=config.nec, x_val=a_val, y_val=y_val,
-        progress=config.progress, seed=config.seed,
+        progress=config.progress, seed=config.seed, max_iter=config.path_max_iter,
     )  # fmt: skip
     w0, b0 = path.weight.to(a_fit), path.bias.to(a_fit)
     w1, b1 = _refit_on_support(a_fit, y_fit, w0, b0)

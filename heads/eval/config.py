@@ -178,6 +178,9 @@ class CompareConfig:
                                         "regression (fit-head --probe-max-iter; the "
                                         "scikit-learn reference's max_iter); default: each "
                                         "one's own (300; scikit-learn 1,000).")  # fmt: skip
+    path_max_iter: int | None = option(None, "FISTA iterations per lambda of every "
+                                       "elastic-net path (fit-head --path-max-iter, Label-free "
+                                       "CBM's final layer); default: 2,000.")  # fmt: skip
     device: str = option("auto", DEVICE_HELP)
     progress: bool = option(True, "Show progress bars.")
     overwrite: bool = option(False, "Replace a non-empty --out.")
@@ -200,6 +203,12 @@ class CompareConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ValueError(f"methods must be a non-empty subset of {list(METHODS)}: {unknown}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        for name in ("probe_max_iter", "path_max_iter"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be an integer >= 1 (or unset), got {v!r}")
 
     def out_dir(self) -> Path:
         stem = location_stem(self.cache)
