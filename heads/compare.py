@@ -132,8 +132,10 @@ def _sklearn_probe(cfg, data) -> dict:
         present = torch.as_tensor(info["classes"], device=layer.weight.device)
         layer.weight[present] = torch.as_tensor(coef, dtype=torch.float32).to(layer.weight)
         layer.bias[present] = torch.as_tensor(intercept, dtype=torch.float32).to(layer.bias)
-    log.info("sklearn-probe: C %g (%s), %d convergence warnings", info["C"], info["choice"],
-             info["convergence_warnings"])  # fmt: skip
+    log.info("sklearn-probe: C %g (%s), %d convergence warnings%s", info["C"], info["choice"],
+             info["convergence_warnings"],
+             f", tol lowered to {info['tol']:g} (lbfgs took no step at 1e-4)"
+             if info["tol_lowered"] else "")  # fmt: skip
     return evaluate(Scorer("probe", layer, data.text), data.test.x,
                     data.test.y.cpu().numpy()).metrics  # fmt: skip
 

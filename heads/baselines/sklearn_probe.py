@@ -3,7 +3,11 @@
 `SKLEARN_PROTOCOL` (the protocol the heads issue measures against): lbfgs, max_iter=1000, on
 the train rows' image embeddings (float64); C from SKLEARN_C_GRID chosen on a seeded fifth of
 train (default_rng(seed) permutation, not stratified; best held-out top-1, ties -> the smaller
-C, the grid warm-started from small to large C), then one fit on all of train at that C. When
+C, the grid warm-started from small to large C), then one fit on all of train at that C.
+scikit-learn's tol (1e-4 on the largest gradient entry) is kept, except where lbfgs takes no
+step at all: with ~1,000 classes of unit-norm rows the zero model's gradient is already within
+it, and the "fit" would predict by the intercept alone (chance). Such a fit is repeated at
+tol / 100 until it moves (recorded as `tol`, `tol_lowered`). When
 a class has a single train row a hold-out cannot represent it: one fit at C = 1 (scikit-learn's
 default). ConvergenceWarnings are counted, not hidden.
 
@@ -29,6 +33,15 @@ SKLEARN_PROTOCOL = (
 )
 
 
+DEFAULT_TOL = 1e-4  # scikit-learn's own
+MIN_TOL = 1e-10
+
+
+def _stopped_at_zero(clf) -> bool:
+    """A fit that ended where it started, at all-zero weights (not a warm start)."""
+    return int(np.max(clf.n_iter_)) == 0 and not np.any(clf.coef_)
+
+
 def available() -> bool:
     return importlib.util.find_spec("sklearn") is not None
 
@@ -50,14 +63,23 @@ def fit_sklearn_probe(
     counts = counts[counts > 0]
     n_warn = 0
 
+    tols: list[float] = []
+
     def fit(c, xs, ys, clf=None):
         nonlocal n_warn
         clf = clf or LogisticRegression(max_iter=max_iter)
-        clf.set_params(C=c)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            clf.fit(xs, ys)
-        n_warn += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+        clf.set_params(C=c, tol=DEFAULT_TOL)
+        while True:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                clf.fit(xs, ys)
+            n_warn += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+            if not _stopped_at_zero(clf) or clf.tol <= MIN_TOL:
+                break
+            # lbfgs took no step: the zero model's gradient is already within tol (1,000
+            # classes of unit-norm rows), so the "fit" predicts by the intercept alone
+            clf.set_params(tol=clf.tol / 100)
+        tols.append(float(clf.tol))
         return clf
 
     perm = np.random.default_rng(seed).permutation(n)
@@ -81,6 +103,7 @@ def fit_sklearn_probe(
             np.vstack([-coef / 2, coef / 2]),
             np.array([-intercept[0] / 2, intercept[0] / 2]),
         )
-    info.update(classes=final.classes_.tolist(), convergence_warnings=n_warn,
+    info.update(classes=final.classes_.tolist(), convergence_warnings=n_warn, tol=tols[-1],
+                tol_lowered=any(t < DEFAULT_TOL for t in tols),
                 seconds=round(time.perf_counter() - t0, 3))  # fmt: skip
     return coef, intercept, info
