@@ -108,3 +108,10 @@ def test_compare_checks_its_budgets():
     for field, bad in (("path_max_iter", 0), ("probe_max_iter", True), ("val_fraction", 1.0)):
         with pytest.raises(ValueError, match=field.replace("_", ".")):
             CompareConfig(cache="x.zarr", **{field: bad})
+
+
+def test_the_path_budget_default_is_the_solvers_own():
+    from clipcbm.heads.cbm.elastic_net import PATH_MAX_ITER
+
+    # config.py stays torch-free, so it writes the number; the two must agree
+    assert FitHeadConfig.__dataclass_fields__["path_max_iter"].default == PATH_MAX_ITER

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from clipcbm.heads.cbm.elastic_net import fit_elastic_net
+from clipcbm.heads.cbm.elastic_net import PATH_MAX_ITER, fit_elastic_net
 from clipcbm.heads.chunks import CHUNK_ROWS, SOLVER_GIB, iter_chunks
 from clipcbm.heads.eval.metrics import (
     NecEvaluator,
@@ -94,7 +94,7 @@ def fit_label_free_cbm(
     steps: int = PROJ_STEPS,
     progress: bool = False,
     solver_gib: float = SOLVER_GIB,
-    path_max_iter: int = 2000,
+    path_max_iter: int = PATH_MAX_ITER,
 ) -> LabelFreeResult:
     """Label-free CBM on HeadData `data`; test metrics of the resulting head.
 

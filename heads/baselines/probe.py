@@ -93,13 +93,6 @@ def _fixed_c_fit(x, y, n_classes, c_grid, config) -> tuple:
     return res.weight, res.bias, info
 
 
-def solver_rows_info(data: HeadData, fit_idx, val_idx) -> dict:
-    """What a head records of the rows its full-batch solve saw (HeadData.solver_rows)."""
-    n = len(data.train_idx) + len(data.val_idx)
-    return {"fit": len(fit_idx), "val": len(val_idx), "of": n,
-            "subset": len(fit_idx) + len(val_idx) < n}  # fmt: skip
-
-
 def fit_logreg(data: HeadData, kind: str, config, device) -> tuple[nn.Linear, dict]:
     """Logistic regression on FEATURES[kind]: C chosen by `cv_fit` (cross-validated on the
     train split, validation rows included), then refitted on all of train.
@@ -115,7 +108,7 @@ def fit_logreg(data: HeadData, kind: str, config, device) -> tuple[nn.Linear, di
     weight, bias, info = cv_fit(x, data.train.y[rows], len(fit_idx),
                                 n_classes=data.n_classes, c_grid=config.c_grid,
                                 config=config)  # fmt: skip
-    info["solver_rows"] = solver_rows_info(data, fit_idx, val_idx)
+    info["solver_rows"] = data.solver_rows_info(fit_idx, val_idx)
     layer = nn.Linear(weight.shape[1], data.n_classes).to(device)
     with torch.no_grad():
         layer.weight.copy_(weight.to(layer.weight))

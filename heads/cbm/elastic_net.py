@@ -96,6 +96,9 @@ class ElasticNetPath:
     std: torch.Tensor | None = field(default=None, repr=False)
 
 
+PATH_MAX_ITER = 2000  # FISTA iterations per lambda (fit-head --path-max-iter's default)
+
+
 # ------------------------------------------------------------------ small helpers
 
 
@@ -521,7 +524,7 @@ def fit_elastic_net(
     lam_min_ratio: float = 1e-3,
     lambdas=None,
     refine_steps: int = 4,
-    max_iter: int = 2000,
+    max_iter: int = PATH_MAX_ITER,
     tol: float = 1e-3,
     standardize: bool = True,
     device=None,

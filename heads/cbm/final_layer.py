@@ -108,7 +108,7 @@ def fit_anchored_final_layer(model, data, config, anchor: tuple, *,
     from clipcbm.heads.baselines.logreg import (
         fit_logreg_path,  # heads.baselines imports this module
     )
-    from clipcbm.heads.baselines.probe import cv_fit, l2_for_c, solver_rows_info
+    from clipcbm.heads.baselines.probe import cv_fit, l2_for_c
 
     fit_idx, val_idx = data.solver_rows(model.fc.in_features, config.solver_gib)
     rows = torch.cat([fit_idx, val_idx])
@@ -124,7 +124,7 @@ def fit_anchored_final_layer(model, data, config, anchor: tuple, *,
                               n_classes=data.n_classes, l2_grid=(l2,),
                               max_iter=config.probe_max_iter, anchor=start)  # fmt: skip
         info["fit_rows_only"] = {"top1": est.val_top1_per_l2[l2], "val_rows": len(rows) - n_fit}
-    info["solver_rows"] = solver_rows_info(data, fit_idx, val_idx)
+    info["solver_rows"] = data.solver_rows_info(fit_idx, val_idx)
     with torch.no_grad():
         info["moved"] = float(torch.cat([w - w0, (b - b0)[:, None]], 1).norm()
                               / start.norm().clamp_min(1e-12))  # fmt: skip
@@ -151,14 +151,12 @@ def fit_sparse_final_layer(model, data, config, prior: tuple | None = None) -> d
     truncated prior can leave an image with none of its class's 5 concepts active);
     `info["chosen"]` says which.
     """
-    from clipcbm.heads.baselines.probe import solver_rows_info  # imports this module
-
     fit_idx, val_idx = data.solver_rows(model.fc.in_features, config.solver_gib)
     a_fit = _activations(model, data, fit_idx)
     a_val = _activations(model, data, val_idx)
     y_fit, y_val = data.train.y[fit_idx], data.train.y[val_idx]
     w, b, info = fit_sparse_linear(a_fit, y_fit, a_val, y_val, data.n_classes, config)
-    info["solver_rows"] = solver_rows_info(data, fit_idx, val_idx)
+    info["solver_rows"] = data.solver_rows_info(fit_idx, val_idx)
     info["chosen"] = "elastic-net path"
     if prior is not None:
         wp = truncate_rows(prior[0].to(a_fit), max(1, round(config.nec)))

@@ -69,6 +69,12 @@ class HeadData:
                  n_fit, len(val), n_val, gib)  # fmt: skip
         return fit, val
 
+    def solver_rows_info(self, fit_idx, val_idx) -> dict:
+        """What a head records of the rows its full-batch solve saw (`solver_rows`)."""
+        n = len(self.train_idx) + len(self.val_idx)
+        return {"fit": len(fit_idx), "val": len(val_idx), "of": n,
+                "subset": len(fit_idx) + len(val_idx) < n}  # fmt: skip
+
     def val_rows(self) -> list[int]:
         """Validation rows as positions in the cache's train split (recorded in the head)."""
         return self.train.rows[self.val_idx.cpu().numpy()].tolist()
