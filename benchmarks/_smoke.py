@@ -19,6 +19,8 @@ NOT_BENCHMARKS = {
     "check_readme.py": "checks README tables against the JSONs (tests/test_readme_numbers.py)",
     "gpu_suite_summary.py": "markdown tables from a gpu_suite.sh results folder, no JSON "
     "(tests/test_gpu_suite_summary.py)",
+    "moved_numbers.py": "lists docs numbers that moved since a commit's JSONs, no JSON of its own "
+    "(tests/test_moved_numbers.py)",
     "_testbed_eval.py": "the SAE / page / adapter reports testbed.py imports (testbed.json)",
 }
 # Benchmarks that cannot run on a CPU-only CI machine at all, with the reason. Empty: the GPU
