@@ -17,7 +17,8 @@ README.md and docs/*.md may be stale:
   by chance. Read each section whose JSON changed.
 
 Only numbers that changed between the two JSONs' leaves are looked at (provenance, machine and load
-average are left out). A JSON that did not exist at REV is reported as new.
+average are left out). A JSON that did not exist at REV has no old values, so none of its
+numbers is listed as prose; its cells are still checked.
 """
 
 from __future__ import annotations
