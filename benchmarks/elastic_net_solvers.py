@@ -221,6 +221,15 @@ def run_ours(xtr, ytr, xs, xs_te, yte, mean, std, tol_ref):
     return lam, rows, cold, checker
 
 
+def glm_saga_missing() -> str | None:
+    """Why glm-saga cannot run here (it is not a dependency of the project), or None."""
+    try:
+        from glm_saga.elasticnet import IndexedTensorDataset, train_saga  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - report whatever stops it
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def run_glm_saga(xs, ytr, xs_te, yte, lam, epochs, checker, lr=0.1, batch=256, seed=0):
     """Label-free CBM's call at one lam, one epoch per train_saga call (state carried)."""
     try:
@@ -402,7 +411,9 @@ def main(argv=None):
     ap.add_argument("--saga-epochs", type=int, default=None, help="glm-saga epoch budget")
     ap.add_argument("--sklearn-max-iter", type=int, default=None)
     ap.add_argument("--tol-ref", type=float, default=1e-4, help="tol of the one-lam reference")
-    ap.add_argument("--skip", default="", help="comma list: glm-saga,sklearn")
+    ap.add_argument("--skip", default="",
+                    help="comma list: glm-saga,sklearn (a full run without glm-saga installed "
+                         "refuses unless it is skipped)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1,
                     help="torch + threadpoolctl threads, every solver (default 1)")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (not a result)")
@@ -411,6 +422,17 @@ def main(argv=None):
     if args.quick:
         args.sizes = "quick"
     out = args.out if args.out is not None else quick_out(DEFAULT_OUT, args.quick)
+    skip = [s for s in args.skip.split(",") if s]
+    missing = None if "glm-saga" in skip else glm_saga_missing()
+    if missing and not args.quick:
+        # a full run without glm-saga would write a table with an ERROR row for it: refuse
+        # before any work instead of publishing a partial comparison
+        sys.exit(f"error: glm-saga cannot run here ({missing}). It is not a dependency: "
+                 f"`pip install glm-saga` (it needs no torchvision), or pass --skip glm-saga "
+                 f"to compare the other solvers only.")  # fmt: skip
+    if missing:  # a smoke run is not a result: leave glm-saga out and say so
+        print(f"quick run: glm-saga left out ({missing})", flush=True)
+        skip.append("glm-saga")
     run = Run(args.quick)
     from threadpoolctl import threadpool_limits
 
@@ -424,7 +446,7 @@ def main(argv=None):
             it = args.sklearn_max_iter or it
             ladder = SKLEARN_LADDER.get(name, ())
             sizes.append(
-                bench_size(name, SIZES[name], ep, it, args.tol_ref, args.skip.split(","), ladder)
+                bench_size(name, SIZES[name], ep, it, args.tol_ref, skip, ladder)
             )
     try:
         from importlib.metadata import version
@@ -449,6 +471,7 @@ def main(argv=None):
         "setup": {"alpha": ALPHA, "target_nec": TARGET_NEC, "sizes": SIZES, "budgets": BUDGETS,
                   "budgets_are": "(glm-saga epochs, sklearn max_iter epochs)",
                   "sklearn_ladder": SKLEARN_LADDER, "threads": args.threads,
+                  "skipped": skip,
                   "measured_tol": MEASURED_TOL,
                   "converged": "the solver's own report (ours: every FISTA solve met tol; "
                                "glm-saga: its step-norm test fired within the budget; sklearn: "
