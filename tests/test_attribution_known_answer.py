@@ -3,15 +3,11 @@ GPU speed benchmark's CPU dry run."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from clipcbm.pipeline.attribution import known_answer as ka
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests._bench import load_benchmark
 
 
 def test_scene_puts_the_named_colour_inside_its_box():
@@ -42,10 +38,6 @@ def test_spearman_of_identical_and_reversed_maps():
 
 
 def test_gpu_benchmark_dry_run_on_cpu(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "gpu_attr", ROOT / "benchmarks/gpu_attribution.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("gpu_attribution")
     out = mod.main(["--dry-run", "--out", str(tmp_path / "g.json")])
     assert out["archs"]["tiny"][0]["pairs_per_s"] > 0 and (tmp_path / "g.json").is_file()

@@ -13,7 +13,6 @@ The scripts run in a pool of two subprocesses, one torch thread each (2-core CI 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -24,20 +23,14 @@ from pathlib import Path
 
 import pytest
 
+from tests._bench import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 
 
-def _load(name: str):
-    """A benchmarks/ module by path (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_provenance = _load("_provenance")
-_smoke = _load("_smoke")  # the lists: which scripts, their CPU flags, what they need
+_provenance = load_benchmark("_provenance")
+_smoke = load_benchmark("_smoke")  # the lists: which scripts, their CPU flags, what they need
 NOT_BENCHMARKS, CANNOT_RUN_HERE, FLAGS = _smoke.NOT_BENCHMARKS, _smoke.CANNOT_RUN_HERE, _smoke.FLAGS
 NEEDS_SHARED, SLOW_FIRST = _smoke.NEEDS_SHARED, _smoke.SLOW_FIRST
 TIMEOUT_S, WORKERS, skip_reason = _smoke.TIMEOUT_S, _smoke.WORKERS, _smoke.skip_reason
@@ -157,7 +150,7 @@ def test_run_writes_whole_file_atomically(tmp_path):
 def test_sae_partial_run_never_writes_sae_json():
     import argparse
 
-    sae = _load("sae")
+    sae = load_benchmark("sae")
     ns = argparse.Namespace
     assert sae.default_out(ns(part=list(sae.PARTS))).name == "sae.json"
     assert sae.default_out(ns(part=["tuning", "real"])).name == "sae.part-real-tuning.json"

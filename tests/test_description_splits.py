@@ -5,25 +5,16 @@ needs no data outside the project and no sentence model."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests._bench import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def dp():
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # the module imports its sibling _provenance
-    spec = importlib.util.spec_from_file_location(
-        "description_proxy_under_test", ROOT / "benchmarks" / "description_proxy.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("description_proxy")
 
 
 CLASSES = ["cat", "dog", "truck", "owl"]

@@ -3,25 +3,13 @@ table with an ERROR row for it); a quick smoke run leaves it out and records tha
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from tests._bench import load_benchmark
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location(
-        "_bench_elastic_net_solvers", BENCH / "elastic_net_solvers.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ens = _load()
+ens = load_benchmark("elastic_net_solvers")
 
 
 @pytest.fixture

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests._bench import load_benchmark
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up while it loads
-    spec.loader.exec_module(mod)
-    return mod
-
-
-summary_mod = _load("gpu_suite_summary")
-check = _load("check_readme")
+summary_mod = load_benchmark("gpu_suite_summary")
+check = load_benchmark("check_readme")
 
 EMBED = {
     "arch": "vit-l-14", "dtype": "fp16", "device": "cuda", "device_name": "NVIDIA H100",

@@ -2,22 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from tests._bench import load_benchmark
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location(
-        "_bench_moved_numbers", BENCH / "moved_numbers.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-moved = _load()
+moved = load_benchmark("moved_numbers")
 
 TEXT = """# Results
 

@@ -5,26 +5,20 @@ table's numbers marker."""
 from __future__ import annotations
 
 import bisect
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests._bench import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("docs/*.md"))]
 
 
 def _load_checker():
-    spec = importlib.util.spec_from_file_location(
-        "check_readme", ROOT / "benchmarks" / "check_readme.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["check_readme"] = mod  # dataclasses look their module up while it loads
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("check_readme")
 
 
 cr = _load_checker()
