@@ -445,9 +445,7 @@ def main(argv=None):
             ep = args.saga_epochs or ep
             it = args.sklearn_max_iter or it
             ladder = SKLEARN_LADDER.get(name, ())
-            sizes.append(
-                bench_size(name, SIZES[name], ep, it, args.tol_ref, skip, ladder)
-            )
+            sizes.append(bench_size(name, SIZES[name], ep, it, args.tol_ref, skip, ladder))
     try:
         from importlib.metadata import version
 
